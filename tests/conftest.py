@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny models, the offline e5 model, one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+XQUAD_R = SHARED_DATA / "xquad-r"
+MLQA_R = SHARED_DATA / "mlqa-r"
+TATOEBA = SHARED_DATA / "tatoeba"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-init 2-layer, 32-d BERT with the real multilingual-e5 tokenizer."""
+    from hbt.model.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def offline_e5_dir() -> Path:
+    """The full offline multilingual-e5-small (built once, cached in ~/.cache/hbt)."""
+    from hbt.model.offline import offline_model_dir
+
+    return offline_model_dir()
+
+
+@pytest.fixture(scope="session")
+def offline_e5_2layer_dir() -> Path:
+    """multilingual-e5-small cut to its first 2 layers (fast CPU training tests)."""
+    from hbt.model.offline import offline_model_dir
+
+    return offline_model_dir(num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    from hbt.raysetup import init_ray
+
+    init_ray(None)
+    yield ray
+    ray.shutdown()
