@@ -1,0 +1,164 @@
+"""MLflow tracking that never stops a run.
+
+Every metric is also appended to ``metrics.jsonl`` in the run directory, so
+nothing is lost when the tracking server is unreachable: a warning is printed
+once and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hbt.config import HBTConfig, flatten
+
+
+def tracking_uri(cfg: HBTConfig) -> str:
+    """The MLflow URI: ``tracking.uri`` or a sqlite store under ``output_dir`` (absolute, see RAY_NOTES)."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    root = Path(cfg.output_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+class Tracker:
+    """One MLflow run (optionally nested) plus a local JSONL copy of its metrics.
+
+    Args:
+        uri: MLflow tracking URI.
+        experiment: experiment name.
+        run_name: the run's display name.
+        run_dir: local directory for ``metrics.jsonl`` and ``params.json``.
+        parent_run_id: makes this a nested run of that parent.
+        tags: run tags.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_dir: str | os.PathLike,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id: str | None = None
+        self._client = None
+        self._warned = False
+        if uri.startswith(("http://", "https://")):
+            # MLflow retries a dead server for minutes by default; a training
+            # run should notice within seconds and go on without it.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            mlflow.set_tracking_uri(uri)
+            self._client = MlflowClient(uri)
+            exp = self._client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+            all_tags = dict(tags or {})
+            all_tags["mlflow.runName"] = run_name
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            self.run_id = self._client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
+        except Exception as e:  # unreachable server, bad URI: keep training
+            self._degrade(e)
+
+    def _degrade(self, err: Exception) -> None:
+        if not self._warned:
+            warnings.warn(
+                f"MLflow tracking at {self.uri} failed ({type(err).__name__}: {err}); "
+                f"going on, metrics are kept in {self.run_dir / 'metrics.jsonl'}",
+                stacklevel=3,
+            )
+            self._warned = True
+        self._client = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Logs (flattened) params; values are stringified and cut to MLflow's 6000 characters."""
+        flat = flatten(params)
+        (self.run_dir / "params.json").write_text(json.dumps(flat, indent=2, default=str), encoding="utf-8")
+        if self._client is None:
+            return
+        from mlflow.entities import Param
+
+        try:
+            items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+            for i in range(0, len(items), 100):
+                self._client.log_batch(self.run_id, params=items[i : i + 100])
+        except Exception as e:
+            self._degrade(e)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Logs numeric metrics (non-finite values are kept locally only)."""
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}, default=float) + "\n")
+        if self._client is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [
+            Metric(_mlflow_key(k), float(v), ts, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
+        try:
+            for i in range(0, len(items), 500):
+                self._client.log_batch(self.run_id, metrics=items[i : i + 500])
+        except Exception as e:
+            self._degrade(e)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets run tags."""
+        if self._client is None:
+            return
+        try:
+            for k, v in tags.items():
+                self._client.set_tag(self.run_id, k, str(v))
+        except Exception as e:
+            self._degrade(e)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Uploads a file or directory as an artifact."""
+        if self._client is None:
+            return
+        try:
+            if Path(path).is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as e:
+            self._degrade(e)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Closes the run (``FINISHED`` or ``FAILED``)."""
+        if self._client is None:
+            return
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception as e:
+            self._degrade(e)
+
+
+def _mlflow_key(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; '@' (acc@1) is not among them.
+    return key.replace("@", "_at_")
+
+
+def tracker_for(cfg: HBTConfig, run_name: str, run_dir: str | os.PathLike, parent_run_id: str | None = None,
+                tags: dict[str, str] | None = None) -> Tracker:
+    """A :class:`Tracker` configured from ``cfg.tracking``."""
+    return Tracker(tracking_uri(cfg), cfg.tracking.experiment, run_name, run_dir, parent_run_id, tags)
