@@ -266,6 +266,14 @@ class HBTConfig(_Strict):
             raise ValueError(f"data.dev_articles overlaps data.heldout_articles: {sorted(overlap)}")
         if self.train.warmup_steps > self.train.max_steps:
             raise ValueError("train.warmup_steps exceeds train.max_steps")
+        if self.train.grad_cache:
+            local = b.global_batch_size // self.ray.num_workers
+            if local % self.train.grad_cache_chunk:
+                raise ValueError(
+                    f"train.grad_cache_chunk ({self.train.grad_cache_chunk}) must divide the local batch ({local})"
+                )
+            if self.train.learn_temperature:
+                raise ValueError("train.learn_temperature is not supported with train.grad_cache")
         if self.deepspeed.precision != "fp32" and not self.ray.use_gpu:
             raise ValueError("deepspeed.precision bf16/fp16 needs ray.use_gpu (CPU workers train in fp32)")
         _check_languages_in_data(self)

@@ -24,7 +24,4 @@ def init_ray(address: str | None = None) -> None:
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        # Local default: keep Ray's own footprint small on a laptop-sized machine.
-        kwargs["include_dashboard"] = False
     ray.init(address=address, **kwargs)

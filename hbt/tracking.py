@@ -37,6 +37,8 @@ class Tracker:
         run_dir: local directory for ``metrics.jsonl`` and ``params.json``.
         parent_run_id: makes this a nested run of that parent.
         tags: run tags.
+        run_id: attach to this existing run instead of creating one (a
+            Train worker logging into the run its driver created).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Tracker:
         run_dir: str | os.PathLike,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.uri = uri
         self.run_dir = Path(run_dir)
@@ -66,6 +69,10 @@ class Tracker:
 
             mlflow.set_tracking_uri(uri)
             self._client = MlflowClient(uri)
+            if run_id is not None:
+                self._client.get_run(run_id)
+                self.run_id = run_id
+                return
             exp = self._client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
             all_tags = dict(tags or {})

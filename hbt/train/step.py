@@ -1,0 +1,144 @@
+"""One contrastive training step, plain or with gradient caching.
+
+The step is written against two callables, ``backward(loss)`` and
+``step()``, so the same code drives a DeepSpeed engine in Ray Train workers
+and a bare PyTorch optimizer in tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hbt.distributed import gather_with_grad
+from hbt.loss import info_nce, symmetric_info_nce
+from hbt.model.encoder import BiEncoder
+
+
+class Retriever(nn.Module):
+    """The trained module: a bi-encoder plus its softmax temperature.
+
+    Args:
+        encoder: the shared query/passage encoder.
+        temperature: initial temperature.
+        learnable: learn log(1/temperature) with the weights.
+    """
+
+    def __init__(self, encoder: BiEncoder, temperature: float, learnable: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        init = torch.tensor(math.log(1.0 / temperature))
+        if learnable:
+            self.log_inv_temperature = nn.Parameter(init)
+        else:
+            self.register_buffer("log_inv_temperature", init)
+
+    def temperature(self) -> torch.Tensor:
+        """The current temperature."""
+        return torch.exp(-self.log_inv_temperature)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeds one side of the batch."""
+        return self.encoder(input_ids, attention_mask)
+
+
+@dataclass
+class StepResult:
+    """Loss and in-batch accuracy of one step (this worker's slice)."""
+
+    loss: torch.Tensor
+    acc: torch.Tensor
+
+
+def _loss(q: torch.Tensor, p: torch.Tensor, temperature: torch.Tensor, gather_queries: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    all_p, offset = gather_with_grad(p)
+    if gather_queries:
+        all_q, _ = gather_with_grad(q)
+        return symmetric_info_nce(q, all_p, all_q, temperature, offset)
+    return info_nce(q, all_p, temperature, offset)
+
+
+def contrastive_step(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    temperature: Callable[[], torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    backward: Callable[[torch.Tensor], None],
+    gather_queries: bool = False,
+) -> StepResult:
+    """Forward both sides, gather passages across workers, InfoNCE, backward.
+
+    Args:
+        forward: embeds (input_ids, attention_mask).
+        temperature: returns the current temperature.
+        batch: ``q_input_ids``, ``q_attention_mask``, ``p_input_ids``, ``p_attention_mask``.
+        backward: runs the backward pass of the loss (e.g. ``engine.backward``).
+        gather_queries: also gather queries and add the passage→query loss.
+    """
+    q = forward(batch["q_input_ids"], batch["q_attention_mask"])
+    p = forward(batch["p_input_ids"], batch["p_attention_mask"])
+    loss, acc = _loss(q, p, temperature(), gather_queries)
+    backward(loss)
+    return StepResult(loss.detach(), acc)
+
+
+@contextmanager
+def _replay_rng(state: torch.Tensor | None):
+    """Restores the CPU RNG so a re-forward draws the same dropout masks."""
+    if state is None:
+        yield
+        return
+    saved = torch.get_rng_state()
+    torch.set_rng_state(state)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved)
+
+
+def grad_cache_step(
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    temperature: Callable[[], torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    chunk_backward: Callable[[torch.Tensor, bool], None],
+    chunk_size: int,
+    gather_queries: bool = False,
+) -> StepResult:
+    """A GradCache step (Gao et al., 2021): the same gradients in chunk-sized memory.
+
+    1. Embed all queries and passages in chunks without building graphs.
+    2. Compute the loss on detached embeddings (gathered across workers) and
+       backpropagate to the embeddings only.
+    3. Re-embed each chunk with gradients, replaying its dropout RNG, and
+       backpropagate the cached embedding gradients into the weights.
+
+    Args:
+        forward, temperature, batch, gather_queries: as in :func:`contrastive_step`.
+        chunk_backward: ``(surrogate, is_last_chunk)``; backpropagates one
+            chunk's surrogate, accumulating gradients (the optimizer steps after the last).
+        chunk_size: rows per chunk.
+    """
+    n = batch["q_input_ids"].shape[0]
+    chunks = [slice(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    rng: list[torch.Tensor] = []
+    q_parts, p_parts = [], []
+    with torch.no_grad():
+        for sl in chunks:
+            rng.append(torch.get_rng_state())
+            q_parts.append(forward(batch["q_input_ids"][sl], batch["q_attention_mask"][sl]))
+            p_parts.append(forward(batch["p_input_ids"][sl], batch["p_attention_mask"][sl]))
+    q = torch.cat(q_parts).requires_grad_()
+    p = torch.cat(p_parts).requires_grad_()
+    loss, acc = _loss(q, p, temperature().detach(), gather_queries)
+    loss.backward()
+    for i, (sl, state) in enumerate(zip(chunks, rng)):
+        with _replay_rng(state):
+            qc = forward(batch["q_input_ids"][sl], batch["q_attention_mask"][sl])
+            pc = forward(batch["p_input_ids"][sl], batch["p_attention_mask"][sl])
+        surrogate = (qc * q.grad[sl]).sum() + (pc * p.grad[sl]).sum()
+        chunk_backward(surrogate, i == len(chunks) - 1)
+    return StepResult(loss.detach(), acc)
