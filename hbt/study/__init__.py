@@ -1,0 +1,1 @@
+"""The HBT-vs-baselines study: paired bootstrap tests and the study report."""
