@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a bi-encoder with Ray Train + DeepSpeed")
     _add_config_args(t)
-    t.add_argument("--resume", default=None, help="checkpoint dir of an earlier run to resume from")
+    t.add_argument("--resume", default=None, help="run name of an earlier run (under output_dir) to continue from its latest checkpoint")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a saved bi-encoder on the configured benchmarks")

@@ -22,7 +22,7 @@ MLQA_R_LANGUAGES = ["ar", "de", "en", "es", "hi", "vi", "zh"]
 KNOWN_LANGUAGES = sorted(
     set(XQUAD_R_LANGUAGES)
     | set(MLQA_R_LANGUAGES)
-    | {"fr", "it", "ja", "nl", "pt", "id", "fa", "fi", "ko", "sw", "te", "bn", "yo", "ms", "ja"}
+    | {"fr", "it", "ja", "nl", "pt", "id", "fa", "fi", "ko", "sw", "te", "bn", "yo", "ms"}
 )
 
 

@@ -19,9 +19,15 @@ from hbt.config import HBTConfig, flatten
 
 
 def tracking_uri(cfg: HBTConfig) -> str:
-    """The MLflow URI: ``tracking.uri`` or a sqlite store under ``output_dir`` (absolute, see RAY_NOTES)."""
+    """The MLflow URI: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite store under ``output_dir``.
+
+    The sqlite path is absolute: Ray workers run in session dirs, where a
+    relative store would be lost (RAY_NOTES).
+    """
     if cfg.tracking.uri:
         return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     root = Path(cfg.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"

@@ -174,7 +174,9 @@ def iter_squad_file(path: str, lang: str, grouper: RecordGrouper) -> Iterator[Sq
                         grouper.bad(where, f"answer outside every sentence: answer_start {start}")
                         continue
                     passage = sentences[si]
-                    crosses = start + len(text) > breaks[si][1]
+                    # 'Wholly inside' is judged on the sentence text: the data's
+                    # sentence strings can be trimmed relative to their break span.
+                    crosses = text not in passage
                 else:
                     if grouper.check_text(context, "context", where_p) is None:
                         continue
@@ -274,9 +276,13 @@ def _grouped_contiguous(
     cur_where = ""
 
     def flush():
-        if cur_qid is not None and cur_qid not in bad_qids:
-            return grouper.finish(cur_qid, cur, cur_where)
-        return None
+        if cur_qid is None:
+            return None
+        if cur_qid in bad_qids:
+            # Its other records are dropped with it: count that too, nothing goes silently.
+            grouper.bad(cur_where, f"dropped group: qid {cur_qid!r} had a bad record")
+            return None
+        return grouper.finish(cur_qid, cur, cur_where)
 
     bad_qids: set[str] = set()
     for where, rec in records:

@@ -8,7 +8,8 @@ from pathlib import Path
 from hbt.model.metadata import EncoderMetadata, write_metadata
 
 
-def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 32, layers: int = 2, seed: int = 0,
+                     dropout: float = 0.1) -> Path:
     """Writes a random-init BERT encoder that uses the real multilingual-e5 tokenizer.
 
     Args:
@@ -16,6 +17,7 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 32, layers: int =
         hidden: hidden size (heads = hidden / 16).
         layers: encoder layers.
         seed: init seed, so two builds are identical.
+        dropout: hidden and attention dropout (0 for exact gradient comparisons).
 
     Returns:
         The directory, loadable by :func:`hbt.model.encoder.load_encoder`.
@@ -36,6 +38,8 @@ def build_tiny_model(out_dir: str | os.PathLike, hidden: int = 32, layers: int =
         intermediate_size=hidden * 2,
         max_position_embeddings=512,
         pad_token_id=1,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
     _write_tokenizer(out)

@@ -175,7 +175,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if not cfg.ray.use_gpu:
         # One intra-op thread per reserved CPU: more threads than cores makes workers fight.
         torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
-    torch.manual_seed(cfg.batching.seed * 1000 + rank)
 
     encoder, tokenizer = load_encoder(config["model_dir"], cfg.model.pooling, cfg.model.query_prefix, cfg.model.passage_prefix)
     if cfg.model.gradient_checkpointing:
@@ -229,6 +228,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             batches_this_epoch += 1
             if batches_this_epoch <= state.batch_in_epoch:
                 continue  # replaying the stream up to where the checkpoint left it
+            # Dropout masks depend only on (seed, step, rank), so a resumed run
+            # draws what the uninterrupted run would have drawn.
+            torch.manual_seed((cfg.batching.seed * 1_000_003 + state.step) * 64 + rank)
             plan = plan_step(cfg.batching, langs, state.epoch, state.step, cfg.data.language_weights).slice(rank, world)
             pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
             if len(set(pairs["qid_hash"].tolist())) != local_b:
