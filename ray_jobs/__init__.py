@@ -1,0 +1,1 @@
+"""Thin entrypoints for ``ray job submit``: parse, validate, call :mod:`hbt`."""
