@@ -1,0 +1,689 @@
+"""Benchmark loaders: each dataset becomes queries, a candidate pool and relevance labels.
+
+Three shapes cover the four benchmarks:
+
+- :class:`QABenchmark` (XQuAD-R, MLQA-R; the LAReQA protocol): parallel
+  questions in several languages, every sentence of every paragraph is a
+  candidate, and a question's relevant candidates are the answer sentences
+  of its parallel versions.
+- :class:`BitextBenchmark` (Tatoeba): line ``i`` of one side is the
+  translation of line ``i`` of the other.
+- :class:`AdhocBenchmark` (MIRACL): topics, graded TREC qrels and a passage corpus.
+
+Every loader raises :class:`BenchmarkError` naming the file and the item
+(question id, article, line number) when the input cannot be used.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from hbt.config import MLQA_R_LANGUAGES, XQUAD_R_LANGUAGES
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file that cannot be used; the message names the file and the item.
+
+    Attributes:
+        file: the offending file (or directory).
+        item: the offending item (question id, article, line number), if any.
+    """
+
+    def __init__(self, file: str | os.PathLike, message: str, item: str | None = None) -> None:
+        self.file = str(file)
+        self.item = item
+        where = self.file + (f" [{item}]" if item else "")
+        super().__init__(f"{where}: {message}")
+
+
+# ---------------------------------------------------------------------------
+# Sentence splitting (for MLQA's original files, which carry no sentence breaks)
+# ---------------------------------------------------------------------------
+
+# Terminators that end a sentence even with no space after them (CJK, Devanagari,
+# Arabic/Urdu): these scripts do not put a space between sentences.
+_HARD_TERMINATORS = "。！？｡।॥؟۔"
+# Terminators that need whitespace after them, so "3.5", "U.S." or "Yahoo!Inc"
+# do not split.
+_SOFT_TERMINATORS = ".!?…"
+# Closing quotes and brackets stay with the sentence they close.
+_CLOSERS = "\"'”’»」』）)]】›"
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Splits text into sentences with a small rule-based splitter.
+
+    Rules: break after a run of CJK/Devanagari/Arabic terminators (``。！？।॥؟۔``)
+    and any closing quotes/brackets; break after ``. ! ? …`` (and closers) only
+    when whitespace follows and the next word does not start lower-case, and
+    not after an initial ("J. Smith") or a title abbreviation ("Dr. Smith").
+
+    Args:
+        text: a paragraph.
+
+    Returns:
+        Contiguous ``[start, end)`` character spans that cover the whole text:
+        a span runs to the start of the next sentence, so the whitespace
+        between sentences belongs to the sentence before it and every
+        character offset (an ``answer_start``) falls in exactly one span.
+    """
+    starts = [0]
+    n = len(text)
+    i = 0
+    while i < n:
+        c = text[i]
+        if c in _HARD_TERMINATORS or c in _SOFT_TERMINATORS:
+            hard = c in _HARD_TERMINATORS
+            j = i + 1
+            while j < n and (text[j] in _HARD_TERMINATORS or text[j] in _SOFT_TERMINATORS or text[j] in _CLOSERS):
+                hard = hard or text[j] in _HARD_TERMINATORS
+                j += 1
+            k = j
+            while k < n and text[k].isspace():
+                k += 1
+            if k >= n:
+                break
+            if hard:
+                starts.append(k)
+            elif k > j and not text[k].islower() and not _abbreviation_before(text, i):
+                starts.append(k)
+            i = j
+        else:
+            i += 1
+    ends = starts[1:] + [n]
+    return [(s, e) for s, e in zip(starts, ends) if text[s:e].strip()]
+
+
+# Title abbreviations that precede a name ("Dr. Smith"), not a sentence break.
+_ABBREVIATIONS = {"Dr", "Mr", "Mrs", "Ms", "Prof", "St", "Jr", "Sr", "Nr", "Hr", "Fr", "vs", "ca", "bzw", "Sra"}
+
+
+def _abbreviation_before(text: str, i: int) -> bool:
+    """True when the word ending at ``i`` (a '.') is an initial or a title abbreviation, not a sentence end."""
+    if text[i] != ".":
+        return False
+    j = i
+    while j > 0 and text[j - 1].isalpha():
+        j -= 1
+    return i - j == 1 or text[j:i] in _ABBREVIATIONS
+
+
+# ---------------------------------------------------------------------------
+# XQuAD-R / MLQA-R (LAReQA)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class QABenchmark:
+    """Parallel questions over a multilingual sentence pool (the LAReQA setup).
+
+    Queries are ordered by language (in ``languages`` order), then by question
+    id; candidates by language, then in file order. Index arrays refer to these
+    orders.
+
+    Attributes:
+        name: ``xquad_r`` or ``mlqa_r``.
+        languages: the languages loaded, in order.
+        query_qids: question id of each query (shared by its parallel versions).
+        query_langs: language of each query.
+        query_texts: question text of each query.
+        cand_langs: language of each candidate sentence.
+        cand_texts: text of each candidate sentence.
+        cand_keys: ``lang/article/paragraph/sentence`` position of each candidate.
+        answers: ``qid -> lang -> candidate index`` of the answer sentence.
+        articles: the article keys loaded (English titles for XQuAD-R).
+    """
+
+    name: str
+    languages: list[str]
+    query_qids: list[str]
+    query_langs: list[str]
+    query_texts: list[str]
+    cand_langs: list[str]
+    cand_texts: list[str]
+    cand_keys: list[str]
+    answers: dict[str, dict[str, int]]
+    articles: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._q_lang = np.asarray(self.query_langs)
+        self._c_lang = np.asarray(self.cand_langs)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_qids)
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.cand_texts)
+
+    def queries_in(self, lang: str, also_in: str | None = None) -> np.ndarray:
+        """Indices of the queries in ``lang`` (optionally only those whose qid also exists in ``also_in``)."""
+        idx = np.flatnonzero(self._q_lang == lang)
+        if also_in is not None:
+            idx = np.array([i for i in idx if also_in in self.answers[self.query_qids[i]]], dtype=np.int64)
+        return idx.astype(np.int64)
+
+    def pool(self, langs: Iterable[str]) -> np.ndarray:
+        """Indices of the candidates whose language is in ``langs`` (in candidate order)."""
+        return np.flatnonzero(np.isin(self._c_lang, list(langs))).astype(np.int64)
+
+    def relevant(self, query: int, langs: Iterable[str]) -> np.ndarray:
+        """Global candidate indices of the answer sentences of ``query``'s parallel versions in ``langs``."""
+        ans = self.answers[self.query_qids[query]]
+        return np.array(sorted(ans[lang] for lang in langs if lang in ans), dtype=np.int64)
+
+
+@dataclass
+class _Paragraph:
+    sentences: list[str]
+    breaks: list[tuple[int, int]]
+    qas: list[tuple[str, str, int]]  # (qid, question, answer sentence index)
+
+
+@dataclass
+class _Article:
+    title: str
+    paragraphs: list[_Paragraph]
+
+    def qids(self) -> set[str]:
+        return {q[0] for p in self.paragraphs for q in p.qas}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise BenchmarkError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(path, f"not UTF-8: {e}") from None
+
+
+def _field(obj: Any, key: str, path: Path, item: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict):
+        raise BenchmarkError(path, f"expected an object, got {type(obj).__name__}", item)
+    if key not in obj:
+        raise BenchmarkError(path, f"missing field {key!r}", item)
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BenchmarkError(path, f"field {key!r} should be {want}, got {type(value).__name__}", item)
+    return value
+
+
+def parse_squad_file(path: str | os.PathLike, split_when_missing: bool = False) -> list[_Article]:
+    """Parses a SQuAD-format file with per-paragraph sentences into articles.
+
+    Args:
+        path: the JSON file (XQuAD-R / MLQA-R layout: ``data[].paragraphs[]``
+            with ``context``, ``qas``, ``sentences``, ``sentence_breaks``).
+        split_when_missing: paragraphs without ``sentences`` are split with
+            :func:`split_sentences` (MLQA's original files) instead of failing.
+
+    Returns:
+        The articles in file order, each question resolved to the index of the
+        sentence that holds its ``answer_start``.
+
+    Raises:
+        BenchmarkError: malformed JSON, a missing or mistyped field, a duplicate
+            question id, or an ``answer_start`` outside every sentence.
+    """
+    path = Path(path)
+    doc = _read_json(path)
+    data = _field(doc, "data", path, "top level", list)
+    seen: set[str] = set()
+    articles = []
+    for a_i, art in enumerate(data):
+        a_item = f"article {a_i}"
+        title = _field(art, "title", path, a_item, str)
+        a_item = f"article {title!r}"
+        paras = []
+        for p_i, par in enumerate(_field(art, "paragraphs", path, a_item, list)):
+            p_item = f"{a_item} paragraph {p_i}"
+            qas = _field(par, "qas", path, p_item, list)
+            if split_when_missing and isinstance(par, dict) and "sentences" not in par:
+                context = _field(par, "context", path, p_item, str)
+                breaks = split_sentences(context)
+                sentences = [context[s:e].strip() for s, e in breaks]
+            else:
+                sentences = _field(par, "sentences", path, p_item, list)
+                raw_breaks = _field(par, "sentence_breaks", path, p_item, list)
+                breaks = []
+                for b in raw_breaks:
+                    if not (isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) for x in b)):
+                        raise BenchmarkError(path, f"sentence_breaks entry {b!r} is not a [start, end) pair", p_item)
+                    breaks.append((b[0], b[1]))
+                if len(breaks) != len(sentences):
+                    raise BenchmarkError(
+                        path, f"{len(sentences)} sentences but {len(breaks)} sentence_breaks", p_item
+                    )
+                if not all(isinstance(s, str) for s in sentences):
+                    raise BenchmarkError(path, "sentences must be strings", p_item)
+            resolved = []
+            for q_i, qa in enumerate(qas):
+                qid = _field(qa, "id", path, f"{p_item} question {q_i}", str)
+                q_item = f"question {qid}"
+                question = _field(qa, "question", path, q_item, str)
+                answers = _field(qa, "answers", path, q_item, list)
+                if not answers:
+                    raise BenchmarkError(path, "no answers", q_item)
+                start = _field(answers[0], "answer_start", path, q_item, int)
+                # The answer *text* may run past a sentence break (a few per
+                # language in XQuAD-R); its start decides the answer sentence.
+                sent = next((k for k, (b, e) in enumerate(breaks) if b <= start < e), None)
+                if sent is None:
+                    raise BenchmarkError(path, f"answer_start {start} lies outside every sentence", q_item)
+                if qid in seen:
+                    raise BenchmarkError(path, "duplicate question id", q_item)
+                seen.add(qid)
+                resolved.append((qid, question, sent))
+            paras.append(_Paragraph(sentences, breaks, resolved))
+        articles.append(_Article(title, paras))
+    return articles
+
+
+def _lang_files(path: Path, name: str, languages: list[str], known: list[str]) -> dict[str, Path]:
+    if not path.is_dir():
+        raise BenchmarkError(path, f"{name}: not a directory")
+    files = {}
+    present = sorted(p.stem for p in path.glob("*.json"))
+    for lang in languages:
+        f = path / f"{lang}.json"
+        if not f.exists():
+            raise BenchmarkError(
+                path, f"{name}: unknown language code {lang!r} (no {f.name}; available: {present or known})"
+            )
+        files[lang] = f
+    return files
+
+
+def _article_keys(lang: str, arts: list[_Article], ref: list[_Article] | None, path: Path) -> list[str]:
+    """Keys articles by the English title.
+
+    XQuAD-R's files share titles across languages (checked on the data), but
+    a translated title would break a title list, so when titles differ the
+    articles are aligned by position and checked by their question ids.
+    """
+    titles = [a.title for a in arts]
+    if ref is None:
+        return titles
+    ref_titles = [a.title for a in ref]
+    if titles == ref_titles:
+        return titles
+    if len(arts) == len(ref) and all(a.qids() == r.qids() for a, r in zip(arts, ref)):
+        return ref_titles
+    raise BenchmarkError(
+        path, f"cannot align the articles of {lang} with en.json by title or by position and question ids"
+    )
+
+
+def _build_qa(
+    name: str,
+    per_lang: dict[str, list[_Article]],
+    keys: dict[str, list[str]],
+    articles: list[str] | None,
+    max_questions: int | None,
+    source: Path,
+) -> QABenchmark:
+    languages = list(per_lang)
+    if articles is not None:
+        wanted = set(articles)
+        known = set().union(*(set(k) for k in keys.values()))
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise BenchmarkError(source, f"{name}: unknown article title(s) {unknown}")
+    # Candidates: every sentence of every kept paragraph, language by language.
+    cand_langs, cand_texts, cand_keys = [], [], []
+    answers: dict[str, dict[str, int]] = {}
+    questions: dict[str, dict[str, str]] = {}
+    kept_articles: list[str] = []
+    for lang in languages:
+        for a_i, (art, key) in enumerate(zip(per_lang[lang], keys[lang])):
+            if articles is not None and key not in wanted:
+                continue
+            if lang == languages[0]:
+                kept_articles.append(key)
+            for p_i, par in enumerate(art.paragraphs):
+                base = len(cand_texts)
+                for s_i, s in enumerate(par.sentences):
+                    cand_langs.append(lang)
+                    cand_texts.append(s)
+                    cand_keys.append(f"{lang}/{a_i}/{p_i}/{s_i}")
+                for qid, question, sent in par.qas:
+                    answers.setdefault(qid, {})[lang] = base + sent
+                    questions.setdefault(qid, {})[lang] = question
+    qids = sorted(answers)
+    if max_questions is not None:
+        # Deterministic cap: the first N question ids in sorted order.
+        keep = set(qids[:max_questions])
+        answers = {q: a for q, a in answers.items() if q in keep}
+        questions = {q: t for q, t in questions.items() if q in keep}
+        qids = qids[:max_questions]
+    query_qids, query_langs, query_texts = [], [], []
+    for lang in languages:
+        for qid in qids:
+            if lang in questions[qid]:
+                query_qids.append(qid)
+                query_langs.append(lang)
+                query_texts.append(questions[qid][lang])
+    if not query_qids:
+        raise BenchmarkError(source, f"{name}: no questions left after the article/language selection")
+    return QABenchmark(name, languages, query_qids, query_langs, query_texts, cand_langs, cand_texts, cand_keys,
+                       answers, kept_articles)
+
+
+def load_xquad_r(
+    path: str | os.PathLike,
+    languages: list[str] | None = None,
+    articles: list[str] | None = None,
+    max_questions: int | None = None,
+) -> QABenchmark:
+    """Loads XQuAD-R (``{lang}.json`` per language).
+
+    Args:
+        path: the ``xquad-r`` directory.
+        languages: languages to load (default: all 11).
+        articles: keep only these articles (English titles); ``None`` keeps all.
+        max_questions: keep the first N question ids in sorted order.
+
+    Returns:
+        The benchmark; every question id exists in every language.
+
+    Raises:
+        BenchmarkError: a missing language file, an unknown article title, or
+            bad content (see :func:`parse_squad_file`).
+    """
+    path = Path(path)
+    languages = list(languages or XQUAD_R_LANGUAGES)
+    files = _lang_files(path, "xquad_r", languages, XQUAD_R_LANGUAGES)
+    per_lang = {lang: parse_squad_file(f) for lang, f in files.items()}
+    ref = None
+    if articles is not None:
+        ref = per_lang.get("en") or (parse_squad_file(path / "en.json") if (path / "en.json").exists() else None)
+    keys = {lang: _article_keys(lang, arts, ref, files[lang]) for lang, arts in per_lang.items()}
+    bench = _build_qa("xquad_r", per_lang, keys, articles, max_questions, path)
+    for qid, ans in bench.answers.items():
+        missing = [lang for lang in languages if lang not in ans]
+        if missing:
+            raise BenchmarkError(path, f"xquad_r: question is missing in {missing}", f"question {qid}")
+    return bench
+
+
+_MLQA_ORIGINAL = re.compile(r"^(dev|test)-context-([a-z]{2})-question-([a-z]{2})\.json$")
+
+
+def load_mlqa_r(
+    path: str | os.PathLike,
+    languages: list[str] | None = None,
+    max_questions: int | None = None,
+    mlqa_split: str | None = None,
+) -> QABenchmark:
+    """Loads MLQA-R: LAReQA's ``{lang}.json`` files, or MLQA's original files.
+
+    MLQA's original ``{dev|test}-context-{c}-question-{q}.json`` files carry no
+    sentence breaks; the same-language files (``c == q``) are read and their
+    contexts split with :func:`split_sentences`. The mixed-language files hold
+    the same questions and contexts and are not needed.
+
+    Args:
+        path: a directory with ``{lang}.json`` files or MLQA's original files.
+        languages: languages to load (default: the 7 MLQA languages present).
+        max_questions: keep the first N question ids in sorted order.
+        mlqa_split: ``dev`` or ``test`` for original files; default: the one
+            present, ``dev`` (LAReQA's choice) when both are.
+
+    Returns:
+        The benchmark; a question id exists in 2 to 4 of the languages.
+
+    Raises:
+        BenchmarkError: a missing language, or bad content.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BenchmarkError(path, "mlqa_r: not a directory")
+    languages = list(languages or MLQA_R_LANGUAGES)
+    if all((path / f"{lang}.json").exists() for lang in languages):
+        per_lang = {lang: parse_squad_file(path / f"{lang}.json") for lang in languages}
+    else:
+        originals: dict[tuple[str, str], Path] = {}
+        for f in path.glob("*.json"):
+            m = _MLQA_ORIGINAL.match(f.name)
+            if m and m.group(2) == m.group(3):
+                originals[(m.group(1), m.group(2))] = f
+        if not originals:
+            _lang_files(path, "mlqa_r", languages, MLQA_R_LANGUAGES)  # raises naming the missing file
+        splits = sorted({s for s, _ in originals})
+        split = mlqa_split or ("dev" if "dev" in splits else splits[0])
+        per_lang = {}
+        for lang in languages:
+            f = originals.get((split, lang))
+            if f is None:
+                available = sorted(lng for s, lng in originals if s == split)
+                raise BenchmarkError(
+                    path,
+                    f"mlqa_r: unknown language code {lang!r} (no {split}-context-{lang}-question-{lang}.json; "
+                    f"available: {available})",
+                )
+            per_lang[lang] = parse_squad_file(f, split_when_missing=True)
+    keys = {lang: [a.title for a in arts] for lang, arts in per_lang.items()}
+    return _build_qa("mlqa_r", per_lang, keys, None, max_questions, path)
+
+
+# ---------------------------------------------------------------------------
+# Tatoeba
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class BitextBenchmark:
+    """One Tatoeba language pair: ``src_texts[i]`` translates ``eng_texts[i]``.
+
+    Attributes:
+        lang: the ISO 639-3 code of the non-English side (``deu``, ``cmn``...).
+        src_texts: the non-English sentences.
+        eng_texts: the English sentences.
+    """
+
+    lang: str
+    src_texts: list[str]
+    eng_texts: list[str]
+
+
+def _read_lines(path: Path) -> list[str]:
+    data = path.read_bytes()
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise BenchmarkError(path, f"not UTF-8 ({e.reason})", f"line {line}") from None
+    lines = raw.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln.rstrip("\r") for ln in lines]
+
+
+def load_tatoeba(path: str | os.PathLike, languages: list[str]) -> list[BitextBenchmark]:
+    """Loads Tatoeba pairs ``tatoeba.{xxx}-eng.{xxx}`` / ``tatoeba.{xxx}-eng.eng``.
+
+    Args:
+        path: the ``tatoeba`` directory.
+        languages: ISO 639-3 codes, in the order to report them.
+
+    Returns:
+        One :class:`BitextBenchmark` per language.
+
+    Raises:
+        BenchmarkError: an unknown language (no file), sides of different
+            length, an empty line, or a file that is not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BenchmarkError(path, "tatoeba: not a directory")
+    out = []
+    for lang in languages:
+        src, eng = path / f"tatoeba.{lang}-eng.{lang}", path / f"tatoeba.{lang}-eng.eng"
+        if not src.exists() or not eng.exists():
+            available = sorted(p.name.split(".")[1].split("-")[0] for p in path.glob("tatoeba.*-eng.eng"))
+            raise BenchmarkError(
+                path, f"tatoeba: unknown language code {lang!r} (no {src.name}; available: {available})"
+            )
+        a, b = _read_lines(src), _read_lines(eng)
+        if len(a) != len(b):
+            raise BenchmarkError(src, f"{len(a)} lines but {eng.name} has {len(b)}; the sides must be parallel")
+        for f, lines in ((src, a), (eng, b)):
+            for i, ln in enumerate(lines):
+                if not ln.strip():
+                    raise BenchmarkError(f, "empty line", f"line {i + 1}")
+        out.append(BitextBenchmark(lang, a, b))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# MIRACL
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class AdhocBenchmark:
+    """Ad hoc retrieval: topics, graded qrels and a passage corpus (MIRACL).
+
+    Attributes:
+        name: ``miracl``.
+        lang: the language code.
+        query_ids: topic ids (sorted), only those with a positive judgment.
+        query_texts: topic texts.
+        doc_ids: passage ids in corpus order.
+        doc_texts: ``title + " " + text`` of each passage.
+        qrels: ``qid -> docid -> grade`` (0 = judged non-relevant).
+    """
+
+    name: str
+    lang: str
+    query_ids: list[str]
+    query_texts: list[str]
+    doc_ids: list[str]
+    doc_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def miracl_files(root: str | os.PathLike, lang: str, split: str = "dev") -> tuple[Path, Path, list[Path]]:
+    """Where MIRACL's files live, in the layout of the ``miracl/miracl`` and ``miracl/miracl-corpus`` repos.
+
+    ``{root}/miracl-v1.0-{lang}/topics/topics.miracl-v1.0-{lang}-{split}.tsv``,
+    ``{root}/miracl-v1.0-{lang}/qrels/qrels.miracl-v1.0-{lang}-{split}.tsv`` and
+    ``{root}/miracl-corpus-v1.0-{lang}/docs-*.jsonl[.gz]``.
+
+    Returns:
+        (topics file, qrels file, corpus files in shard order).
+
+    Raises:
+        BenchmarkError: a file or the corpus is missing (unknown language).
+    """
+    root = Path(root)
+    base = root / f"miracl-v1.0-{lang}"
+    topics = base / "topics" / f"topics.miracl-v1.0-{lang}-{split}.tsv"
+    qrels = base / "qrels" / f"qrels.miracl-v1.0-{lang}-{split}.tsv"
+    corpus_dir = root / f"miracl-corpus-v1.0-{lang}"
+    corpus = sorted(
+        glob.glob(str(corpus_dir / "docs-*.jsonl")) + glob.glob(str(corpus_dir / "docs-*.jsonl.gz")),
+        key=lambda p: int(re.search(r"docs-(\d+)", os.path.basename(p)).group(1)),
+    )
+    available = sorted(p.name.removeprefix("miracl-v1.0-") for p in root.glob("miracl-v1.0-*"))
+    for f in (topics, qrels):
+        if not f.exists():
+            raise BenchmarkError(
+                root,
+                f"miracl: unknown language code {lang!r} or split {split!r} (no {f.relative_to(root)}; "
+                f"available languages: {available})",
+            )
+    if not corpus:
+        raise BenchmarkError(root, f"miracl: no corpus for {lang!r} (no {corpus_dir.name}/docs-*.jsonl[.gz])")
+    return topics, qrels, [Path(p) for p in corpus]
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def load_miracl(
+    root: str | os.PathLike, lang: str, split: str = "dev", max_questions: int | None = None
+) -> AdhocBenchmark:
+    """Loads one MIRACL language (see :func:`miracl_files` for the layout).
+
+    Topics are ``qid<TAB>query`` lines, qrels are TREC lines
+    ``qid Q0 docid grade``, the corpus is JSON lines with ``docid``, ``title``
+    and ``text``. Topics with no positive judgment are dropped (they have no
+    defined nDCG or recall).
+
+    Args:
+        root: the directory holding ``miracl-v1.0-{lang}`` and ``miracl-corpus-v1.0-{lang}``.
+        lang: the MIRACL language code.
+        split: the topics/qrels split (``dev`` has public labels).
+        max_questions: keep the first N topic ids in sorted order.
+
+    Raises:
+        BenchmarkError: a missing file, or a malformed line (named by file and line number).
+    """
+    topics_f, qrels_f, corpus_fs = miracl_files(root, lang, split)
+    topics: dict[str, str] = {}
+    for i, line in enumerate(_read_lines(topics_f)):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip():
+            raise BenchmarkError(topics_f, "expected 'qid<TAB>query'", f"line {i + 1}")
+        topics[parts[0].strip()] = parts[1].strip()
+    qrels: dict[str, dict[str, int]] = {}
+    for i, line in enumerate(_read_lines(qrels_f)):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise BenchmarkError(qrels_f, "expected 'qid Q0 docid grade'", f"line {i + 1}")
+        try:
+            grade = int(parts[3])
+        except ValueError:
+            raise BenchmarkError(qrels_f, f"grade {parts[3]!r} is not an integer", f"line {i + 1}") from None
+        qrels.setdefault(parts[0], {})[parts[2]] = grade
+    unknown = sorted(set(qrels) - set(topics))
+    if unknown:
+        raise BenchmarkError(qrels_f, f"qrels name topics missing from {topics_f.name}: {unknown[:5]}")
+    doc_ids, doc_texts, seen = [], [], set()
+    for f in corpus_fs:
+        try:
+            with _open_text(f) as fh:
+                for i, line in enumerate(fh):
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise BenchmarkError(f, f"malformed JSON: {e.msg}", f"line {i + 1}") from None
+                    item = f"line {i + 1}"
+                    docid = _field(doc, "docid", f, item, str)
+                    text = _field(doc, "text", f, item, str)
+                    title = doc.get("title", "") or ""
+                    if docid in seen:
+                        raise BenchmarkError(f, f"duplicate docid {docid!r}", item)
+                    seen.add(docid)
+                    doc_ids.append(docid)
+                    doc_texts.append(f"{title} {text}".strip())
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise BenchmarkError(f, f"cannot read: {e}") from None
+    qids = sorted(q for q in topics if any(g > 0 for g in qrels.get(q, {}).values()))
+    if max_questions is not None:
+        qids = qids[:max_questions]
+    if not qids:
+        raise BenchmarkError(qrels_f, "miracl: no topic has a positive judgment")
+    return AdhocBenchmark("miracl", lang, qids, [topics[q] for q in qids], doc_ids, doc_texts,
+                          {q: qrels[q] for q in qids})

@@ -1,0 +1,233 @@
+"""Embedding texts with a pool of encoder actors (Ray Data ``map_batches``).
+
+The driver deduplicates the ``(kind, text)`` pairs (XQuAD-R sentences repeat
+across questions and settings), sorts them by token length so a batch holds
+texts of similar length (little padding), and streams them through
+``map_batches`` over an :class:`~ray.data.ActorPoolStrategy` of
+:class:`EncoderActor` s, each holding one model (on a GPU when
+``eval.gpus_per_encoder > 0``). Results come back block by block and are
+written as ``.npy`` shards in ``<out_dir>/embeddings`` before being assembled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+KINDS = ("query", "passage")
+
+
+class EncoderActor:
+    """A Ray Data callable class: embeds a batch of rows ``{row, kind, text}``.
+
+    Args:
+        model_dir: a transformers dir readable by :func:`hbt.model.encoder.load_encoder`.
+        precision: ``fp32`` or ``bf16`` (autocast; on CPU this uses AMX where present).
+        max_length: token cut-off (prefix included).
+        pooling, query_prefix, passage_prefix: override the model's metadata.
+        num_threads: torch intra-op threads (default: the CPUs Ray gave the actor).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        precision: str = "fp32",
+        max_length: int = 128,
+        pooling: str | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        import torch
+
+        from hbt.model.encoder import load_encoder
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.encoder, self.tokenizer = load_encoder(model_dir, pooling, query_prefix, passage_prefix)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder.to(self.device).eval()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision = precision
+        self.max_length = max_length
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        texts = [str(t) for t in batch["text"]]
+        kinds = [str(k) for k in batch["kind"]]
+        prefixed = list(texts)
+        for kind in KINDS:
+            pos = [i for i, k in enumerate(kinds) if k == kind]
+            for i, t in zip(pos, self.encoder.prefix([texts[i] for i in pos], kind)):
+                prefixed[i] = t
+        tok = self.tokenizer(prefixed, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
+            emb = self.encoder(ids, mask)
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": emb.float().cpu().numpy()}
+
+
+def unique_items(texts: Sequence[str], kinds: Sequence[str]) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Deduplicates ``(kind, text)`` pairs.
+
+    Returns:
+        (unique pairs in first-seen order, inverse: position of each input in the unique list)
+    """
+    if len(texts) != len(kinds):
+        raise ValueError(f"{len(texts)} texts but {len(kinds)} kinds")
+    seen: dict[tuple[str, str], int] = {}
+    inverse = np.empty(len(texts), dtype=np.int64)
+    for i, (t, k) in enumerate(zip(texts, kinds)):
+        if k not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {k!r}")
+        inverse[i] = seen.setdefault((k, t), len(seen))
+    return list(seen), inverse
+
+
+def length_order(model_dir: str, items: Sequence[tuple[str, str]], max_length: int) -> np.ndarray:
+    """Order of ``items`` by token length (ties by position), so batches pad little."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths = np.zeros(len(items), dtype=np.int64)
+    step = 4096
+    for s in range(0, len(items), step):
+        enc = tok([t for _, t in items[s : s + step]], add_special_tokens=False, truncation=True, max_length=max_length)
+        lengths[s : s + step] = [len(x) for x in enc["input_ids"]]
+    return np.lexsort((np.arange(len(items)), lengths))
+
+
+def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
+    return {
+        "model_dir": str(model_dir),
+        "precision": cfg.eval.precision,
+        "max_length": cfg.eval.max_length,
+        "pooling": cfg.model.pooling,
+        "query_prefix": cfg.model.query_prefix,
+        "passage_prefix": cfg.model.passage_prefix,
+        "num_threads": max(1, int(cfg.eval.cpus_per_encoder)),
+    }
+
+
+def encode_with_ray(
+    texts: Sequence[str],
+    kinds: Sequence[str],
+    model_dir: str,
+    cfg: Any,
+    out_dir: str | os.PathLike,
+) -> np.ndarray:
+    """Embeds texts through Ray Data with an actor pool; Ray must be initialised.
+
+    Args:
+        texts: the texts.
+        kinds: ``query`` or ``passage`` per text (picks the model's prefix).
+        model_dir: the encoder checkpoint.
+        cfg: an :class:`hbt.config.HBTConfig` (``eval.*`` sizes the pool and batches).
+        out_dir: the embedding shards go to ``<out_dir>/embeddings``.
+
+    Returns:
+        (len(texts), dim) float32 embeddings in input order.
+    """
+    import ray
+
+    items, inverse = unique_items(texts, kinds)
+    if not items:
+        return np.zeros((0, 0), np.float32)
+    order = length_order(model_dir, items, cfg.eval.max_length)
+    rows = [{"row": int(i), "kind": items[i][0], "text": items[i][1]} for i in order]
+    bs = cfg.eval.batch_size
+    # Blocks of a few batches: enough blocks to keep every actor busy, and the
+    # length order survives inside each block.
+    num_blocks = max(1, math.ceil(len(rows) / (bs * 4)))
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
+    ds = ds.map_batches(
+        EncoderActor,
+        fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),
+        batch_size=bs,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_encoders),
+        num_cpus=cfg.eval.cpus_per_encoder,
+        num_gpus=cfg.eval.gpus_per_encoder,
+    )
+    shard_dir = Path(out_dir) / "embeddings"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for old in shard_dir.glob("part-*.npy"):
+        old.unlink()
+    t0 = time.time()
+    parts = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        np.save(shard_dir / f"part-{parts:05d}.rows.npy", batch["row"])
+        np.save(shard_dir / f"part-{parts:05d}.emb.npy", batch["embedding"].astype(np.float32))
+        parts += 1
+    unique_emb = load_embedding_shards(shard_dir, len(items))
+    (shard_dir / "manifest.json").write_text(
+        json.dumps(
+            {"model_dir": str(model_dir), "unique_texts": len(items), "inputs": len(texts), "dim": unique_emb.shape[1],
+             "parts": parts, "precision": cfg.eval.precision, "seconds": round(time.time() - t0, 2)},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    return unique_emb[inverse]
+
+
+def load_embedding_shards(shard_dir: str | os.PathLike, count: int) -> np.ndarray:
+    """Assembles ``part-*.rows.npy`` / ``part-*.emb.npy`` shards into one (count, dim) matrix.
+
+    Raises:
+        ValueError: a row is missing or duplicated.
+    """
+    shard_dir = Path(shard_dir)
+    rows_files = sorted(shard_dir.glob("part-*.rows.npy"))
+    if not rows_files:
+        raise ValueError(f"no embedding shards in {shard_dir}")
+    out: np.ndarray | None = None
+    seen = np.zeros(count, dtype=bool)
+    for rf in rows_files:
+        rows = np.load(rf)
+        emb = np.load(rf.with_name(rf.name.replace(".rows.npy", ".emb.npy")))
+        if out is None:
+            out = np.empty((count, emb.shape[1]), dtype=np.float32)
+        if seen[rows].any():
+            raise ValueError(f"{rf}: rows embedded twice")
+        seen[rows] = True
+        out[rows] = emb
+    if not seen.all():
+        raise ValueError(f"{shard_dir}: {int((~seen).sum())} of {count} rows have no embedding")
+    return out
+
+
+def encode_in_process(
+    texts: Sequence[str],
+    kinds: Sequence[str],
+    model_dir: str,
+    cfg: Any,
+) -> np.ndarray:
+    """The same encoding without Ray (one :class:`EncoderActor` in this process); for tests and debugging."""
+    items, inverse = unique_items(texts, kinds)
+    if not items:
+        return np.zeros((0, 0), np.float32)
+    order = length_order(model_dir, items, cfg.eval.max_length)
+    kwargs = _actor_kwargs(model_dir, cfg)
+    kwargs["num_threads"] = None  # keep this process's thread setting
+    actor = EncoderActor(**kwargs)
+    out: np.ndarray | None = None
+    bs = cfg.eval.batch_size
+    for s in range(0, len(order), bs):
+        sel = order[s : s + bs]
+        batch = {"row": sel, "kind": np.array([items[i][0] for i in sel]), "text": np.array([items[i][1] for i in sel])}
+        res = actor(batch)
+        if out is None:
+            out = np.empty((len(items), res["embedding"].shape[1]), np.float32)
+        out[res["row"]] = res["embedding"]
+    return out[inverse]

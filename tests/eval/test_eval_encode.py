@@ -1,0 +1,53 @@
+"""Encoding: dedup, and the Ray Data actor pool against the model's own encode_texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hbt.config import config_from_dict
+from hbt.eval.encode import load_embedding_shards, unique_items
+
+
+def test_unique_items_dedups_per_kind():
+    items, inv = unique_items(["a", "b", "a", "a"], ["query", "query", "query", "passage"])
+    assert items == [("query", "a"), ("query", "b"), ("passage", "a")]
+    assert inv.tolist() == [0, 1, 0, 2]
+    with pytest.raises(ValueError, match="kind"):
+        unique_items(["a"], ["doc"])
+
+
+def test_load_embedding_shards_checks_coverage(tmp_path):
+    np.save(tmp_path / "part-00000.rows.npy", np.array([2, 0]))
+    np.save(tmp_path / "part-00000.emb.npy", np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="1 of 3 rows have no embedding"):
+        load_embedding_shards(tmp_path, 3)
+    np.save(tmp_path / "part-00001.rows.npy", np.array([1]))
+    np.save(tmp_path / "part-00001.emb.npy", np.zeros((1, 3), np.float32))
+    out = load_embedding_shards(tmp_path, 3)
+    assert out[:, 0].tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local, tmp_path):
+    from hbt.eval.encode import encode_in_process, encode_with_ray
+    from hbt.model.encoder import encode_texts, load_encoder
+
+    texts = ["Wo liegt Warschau?", "Warschau liegt an der Weichsel.", "华沙在哪里？", "Where is Warsaw?",
+             "Wo liegt Warschau?", "a much longer sentence " * 5, "short"] * 3
+    kinds = ["query", "passage", "query", "query", "passage", "passage", "query"] * 3
+    texts += [f"Satz Nummer {i} " + "lang " * (i % 7) for i in range(30)]
+    kinds += ["passage"] * 30
+    cfg = config_from_dict({"eval": {"batch_size": 4, "num_encoders": 2, "cpus_per_encoder": 0.5}})
+    got = encode_with_ray(texts, kinds, str(tiny_model_dir), cfg, tmp_path)
+    assert got.shape == (len(texts), 32) and got.dtype == np.float32
+    assert len(list((tmp_path / "embeddings").glob("part-*.emb.npy"))) >= 2  # one shard per block
+
+    enc, tok = load_encoder(tiny_model_dir)
+    for kind in ("query", "passage"):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        ref = encode_texts(enc, tok, [texts[i] for i in idx], kind, max_length=cfg.eval.max_length).numpy()
+        np.testing.assert_allclose(got[idx], ref, atol=1e-5)
+    # the prefix differs, so the same text as query and as passage embeds differently
+    assert not np.allclose(got[0], got[4])
+    np.testing.assert_allclose(encode_in_process(texts, kinds, str(tiny_model_dir), cfg), got, atol=1e-5)

@@ -1,0 +1,111 @@
+"""The config tree: strict keys, types, cross-field rules, every shipped YAML, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hbt.cli import main
+from hbt.config import PROJECT_ROOT, ConfigError, HBTConfig, dump_config, load_config, with_overrides
+
+SHIPPED = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), f"{path.name} must start with a comment giving its command"
+    assert "hbt " in path.read_text().split("\n\n")[0] or "ray_jobs" in path.read_text().split("\n\n")[0]
+    load_config(path)
+
+
+def test_every_tune_space_validates():
+    from hbt.tune import load_space
+
+    spaces = sorted((PROJECT_ROOT / "tune_spaces").glob("*.yaml"))
+    assert {p.name for p in spaces} >= {"alpha.yaml", "full.yaml"}
+    for p in spaces:
+        assert p.read_text().startswith("#")
+        load_space(p, HBTConfig())
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_misspelled_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"batching\.alhpa: unknown key"):
+        load_config(_write(tmp_path, "batching:\n  alhpa: 0.5\n"))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_steps"):
+        load_config(_write(tmp_path, "train:\n  max_steps: many\n"))
+
+
+def test_alpha_out_of_range_is_named():
+    with pytest.raises(ConfigError, match=r"batching\.alpha: .*\[0, 1\]"):
+        load_config(None, ["batching.alpha=1.5"])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["batching.global_batch_size=33"], r"global_batch_size \(33\) must be divisible by ray\.num_workers \(2\)"),
+        (["data.languages=[en,xx]"], r"data\.languages.*unknown language"),
+        (["batching.strategy=single", "batching.single_language=fr", "data.languages=[en,de]"], "single_language"),
+        (["data.heldout_articles=[A]", "data.dev_articles=[A]"], "overlaps"),
+        (["train.grad_cache=true", "train.grad_cache_chunk=3"], "grad_cache_chunk"),
+        (["deepspeed.precision=bf16"], "use_gpu"),
+        (["data.path=/tmp", "data.languages=[en,de]"], r"not present in the data"),
+        (["nosuchsection.x=1"], r"nosuchsection: unknown key"),
+    ],
+)
+def test_cross_field_contradictions(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_languages_missing_from_the_data_fail():
+    with pytest.raises(ConfigError, match=r"data\.languages \['fr'\] are not present"):
+        load_config(None, ["data.languages=[en,fr]"])
+
+
+def test_overrides_and_resolved_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["batching.alpha=0.25", "train.lr=1e-4", "data.languages=[en,de]"])
+    assert cfg.batching.alpha == 0.25 and cfg.train.lr == 1e-4
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    assert with_overrides(cfg, {"batching.alpha": 1.0}).batching.alpha == 1.0
+    with pytest.raises(ConfigError, match="unknown key"):
+        with_overrides(cfg, {"batching.nope": 1})
+
+
+def test_cli_validate_reports_the_key(tmp_path, capsys):
+    assert main(["config", "validate", str(_write(tmp_path, "batching:\n  alpha: 1.5\n"))]) == 2
+    assert "batching.alpha" in capsys.readouterr().err
+    assert main(["config", "validate", str(PROJECT_ROOT / "configs" / "local.yaml")]) == 0
+
+
+def test_cli_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for sub in ("config", "model", "data", "train", "eval", "tune", "study"):
+        assert sub in out
+    sub = subprocess.run([sys.executable, "-m", "hbt.cli", "train", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--resume" in sub
+
+
+def test_data_inspect_prints_strategy_stats(capsys):
+    import json
+
+    assert main(["data", "inspect", "--steps", "300", "batching.alpha=0.3", "data.languages=[en,de,zh]"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    hybrid = stats["strategies"]["hybrid"]
+    assert 0.2 < hybrid["batch_types"]["mono"] < 0.4
+    assert all(s["duplicate_qids"] == 0 for s in stats["strategies"].values())
+    assert stats["strategies"]["cross"]["cross_pairs_with_same_language"] == 0
