@@ -70,6 +70,9 @@ class ModelConfig(_Strict):
     max_query_length: int = Field(64, ge=4)
     max_passage_length: int = Field(128, ge=4)
     gradient_checkpointing: bool = False
+    freeze_embeddings: bool = Field(
+        False, description="Freeze the word embeddings (on CPU their update dominates a step; changes the method)."
+    )
 
 
 class DataConfig(_Strict):
@@ -167,7 +170,10 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["monolingual", "cross_lingual", "multilingual"]
     )
     heldout_only: bool = Field(True, description="XQuAD-R: restrict to data.heldout_articles when set.")
-    max_questions: int | None = Field(None, ge=1)
+    max_questions: int | None = Field(None, ge=1, description="Cap questions (and Tatoeba lines) per benchmark.")
+    pool: Literal["full", "question_paragraphs"] = Field(
+        "full", description="QA candidate pool: every sentence, or only the paragraphs of the kept questions."
+    )
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=4)
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -57,12 +57,23 @@ def offline_e5_2layer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole test session (starting Ray costs seconds)."""
+def _ray_session():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """One local Ray shared by the session's tests (starting Ray costs seconds).
+
+    Function-scoped so that a test that needs Ray down for a while (the
+    ``ray start --head`` job test) can shut it down: the next test starts it again.
+    """
     import ray
 
     from hbt.raysetup import init_ray
 
     init_ray(None)
-    yield ray
-    ray.shutdown()
+    return ray

@@ -327,6 +327,24 @@ def _article_keys(lang: str, arts: list[_Article], ref: list[_Article] | None, p
     )
 
 
+def _pool_of_question_paragraphs(
+    cand_langs: list[str], cand_texts: list[str], cand_keys: list[str], answers: dict[str, dict[str, int]]
+) -> tuple[list[str], list[str], list[str], dict[str, dict[str, int]]]:
+    """Keeps only the candidates of paragraphs (per language) that hold a kept question.
+
+    A capped question set over the full pool would score mostly distractor
+    sentences; this keeps the LAReQA protocol inside the selected paragraphs.
+    """
+    def article(key: str) -> str:
+        return key.rsplit("/", 1)[0]
+
+    wanted = {article(cand_keys[i]) for per in answers.values() for i in per.values()}
+    keep = [i for i, k in enumerate(cand_keys) if article(k) in wanted]
+    new_index = {old: new for new, old in enumerate(keep)}
+    return ([cand_langs[i] for i in keep], [cand_texts[i] for i in keep], [cand_keys[i] for i in keep],
+            {q: {lang: new_index[i] for lang, i in per.items()} for q, per in answers.items()})
+
+
 def _build_qa(
     name: str,
     per_lang: dict[str, list[_Article]],
@@ -334,6 +352,7 @@ def _build_qa(
     articles: list[str] | None,
     max_questions: int | None,
     source: Path,
+    restrict_pool: bool = False,
 ) -> QABenchmark:
     languages = list(per_lang)
     if articles is not None:
@@ -369,6 +388,9 @@ def _build_qa(
         answers = {q: a for q, a in answers.items() if q in keep}
         questions = {q: t for q, t in questions.items() if q in keep}
         qids = qids[:max_questions]
+        if restrict_pool:
+            cand_langs, cand_texts, cand_keys, answers = _pool_of_question_paragraphs(
+                cand_langs, cand_texts, cand_keys, answers)
     query_qids, query_langs, query_texts = [], [], []
     for lang in languages:
         for qid in qids:
@@ -387,6 +409,7 @@ def load_xquad_r(
     languages: list[str] | None = None,
     articles: list[str] | None = None,
     max_questions: int | None = None,
+    restrict_pool: bool = False,
 ) -> QABenchmark:
     """Loads XQuAD-R (``{lang}.json`` per language).
 
@@ -411,7 +434,7 @@ def load_xquad_r(
     if articles is not None:
         ref = per_lang.get("en") or (parse_squad_file(path / "en.json") if (path / "en.json").exists() else None)
     keys = {lang: _article_keys(lang, arts, ref, files[lang]) for lang, arts in per_lang.items()}
-    bench = _build_qa("xquad_r", per_lang, keys, articles, max_questions, path)
+    bench = _build_qa("xquad_r", per_lang, keys, articles, max_questions, path, restrict_pool)
     for qid, ans in bench.answers.items():
         missing = [lang for lang in languages if lang not in ans]
         if missing:
@@ -427,6 +450,7 @@ def load_mlqa_r(
     languages: list[str] | None = None,
     max_questions: int | None = None,
     mlqa_split: str | None = None,
+    restrict_pool: bool = False,
 ) -> QABenchmark:
     """Loads MLQA-R: LAReQA's ``{lang}.json`` files, or MLQA's original files.
 
@@ -476,7 +500,7 @@ def load_mlqa_r(
                 )
             per_lang[lang] = parse_squad_file(f, split_when_missing=True)
     keys = {lang: [a.title for a in arts] for lang, arts in per_lang.items()}
-    return _build_qa("mlqa_r", per_lang, keys, None, max_questions, path)
+    return _build_qa("mlqa_r", per_lang, keys, None, max_questions, path, restrict_pool)
 
 
 # ---------------------------------------------------------------------------

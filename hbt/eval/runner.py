@@ -142,9 +142,11 @@ def load_benchmarks(cfg: HBTConfig, split: str = "test") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         if name == "xquad_r":
-            out[name] = load_xquad_r(resolve_path(e.xquad_r_path), langs[name], articles, e.max_questions)
+            out[name] = load_xquad_r(resolve_path(e.xquad_r_path), langs[name], articles, e.max_questions,
+                                     e.pool == "question_paragraphs")
         elif name == "mlqa_r":
-            out[name] = load_mlqa_r(resolve_path(e.mlqa_r_path), langs[name], e.max_questions)
+            out[name] = load_mlqa_r(resolve_path(e.mlqa_r_path), langs[name], e.max_questions,
+                                    restrict_pool=e.pool == "question_paragraphs")
         elif name == "tatoeba":
             pairs = load_tatoeba(resolve_path(e.tatoeba_path), e.tatoeba_languages)
             if e.max_questions is not None:
@@ -426,6 +428,48 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
     return result
 
 
+def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike, run_name: str,
+                     split: str = "test", parent_run_id: str | None = None,
+                     tags: dict[str, str] | None = None) -> EvalResult:
+    """Evaluates and records one MLflow run (params, metrics, timings, result files).
+
+    Args:
+        cfg: the validated config.
+        model_dir: the model to evaluate.
+        out_dir: where results go.
+        run_name: the MLflow run name.
+        split: ``test`` or ``dev``.
+        parent_run_id: nest the run under this one (studies, tuning).
+        tags: extra run tags.
+    """
+    from hbt.raysetup import init_ray
+    from hbt.tracking import tracker_for
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    tracker = tracker_for(cfg, run_name, out, parent_run_id,
+                          tags={"hbt.stage": "eval", "hbt.model_dir": str(model_dir), **(tags or {})})
+    (out / "mlflow_run.json").write_text(
+        json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri}, indent=2), encoding="utf-8"
+    )
+    tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir), "eval_split": split})
+    try:
+        init_ray(cfg.ray.address)
+        result = evaluate(cfg, model_dir, str(out), split=split)
+        tracker.log_metrics(result.metrics)
+        tracker.log_metrics({f"time/{k}_s": v for k, v in result.info.get("seconds", {}).items()})
+        for name in ("metrics.json", "matrices.json", "info.json", "per_query.npz", "config.yaml"):
+            tracker.log_artifact(out / name)
+        if (out / "runs").is_dir():
+            tracker.log_artifact(out / "runs", "runs")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return result
+
+
 def run_eval_job(cfg: HBTConfig, model: str | None, out_dir: str | None) -> dict:
     """``hbt eval``: resolve the model, start Ray, evaluate, save, and track one MLflow run.
 
@@ -440,8 +484,6 @@ def run_eval_job(cfg: HBTConfig, model: str | None, out_dir: str | None) -> dict
         The metrics dict.
     """
     from hbt.model.offline import resolve_model_path
-    from hbt.raysetup import init_ray
-    from hbt.tracking import tracker_for
 
     if model is None:
         model_dir = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
@@ -449,26 +491,5 @@ def run_eval_job(cfg: HBTConfig, model: str | None, out_dir: str | None) -> dict
         model_dir = resolve_model_path(model)
     if out_dir is None:
         out_dir = str(Path(cfg.output_dir) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     run_name = cfg.run_name or f"eval-{Path(model_dir).name}"
-    tracker = tracker_for(cfg, run_name, out, tags={"hbt.stage": "eval", "hbt.model_dir": str(model_dir)})
-    (out / "mlflow_run.json").write_text(
-        json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri}, indent=2), encoding="utf-8"
-    )
-    tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir)})
-    try:
-        init_ray(cfg.ray.address)
-        result = evaluate(cfg, model_dir, str(out), split="test")
-        tracker.log_metrics(result.metrics)
-        tracker.log_metrics({f"time/{k}_s": v for k, v in result.info.get("seconds", {}).items()})
-        for name in ("metrics.json", "matrices.json", "info.json", "per_query.npz", "config.yaml"):
-            tracker.log_artifact(out / name)
-        if (out / "runs").is_dir():
-            tracker.log_artifact(out / "runs", "runs")
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return result.metrics
+    return evaluate_tracked(cfg, model_dir, out_dir, run_name).metrics

@@ -243,41 +243,24 @@ def build_offline_e5_small(out_dir: str | os.PathLike, num_layers: int | None = 
     return out
 
 
+_SPECIAL_TOKENS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+
+
 def _write_tokenizer(out: Path) -> None:
-    tok_json = e5_tokenizer_file().read_text(encoding="utf-8")
-    (out / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "XLMRobertaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "sep_token": "</s>",
-                "cls_token": "<s>",
-                "unk_token": "<unk>",
-                "pad_token": "<pad>",
-                "mask_token": "<mask>",
-                "model_max_length": 512,
-                "clean_up_tokenization_spaces": True,
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
-    (out / "special_tokens_map.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "sep_token": "</s>",
-                "cls_token": "<s>",
-                "unk_token": "<unk>",
-                "pad_token": "<pad>",
-                "mask_token": "<mask>",
-            }
-        ),
-        encoding="utf-8",
-    )
+    """Writes e5's exact tokenizer.json plus the config files AutoTokenizer reads."""
+    (out / "tokenizer.json").write_text(e5_tokenizer_file().read_text(encoding="utf-8"), encoding="utf-8")
+    tok_cfg = {"tokenizer_class": "XLMRobertaTokenizer", **_SPECIAL_TOKENS, "model_max_length": 512,
+               "clean_up_tokenization_spaces": True}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(_SPECIAL_TOKENS, indent=2), encoding="utf-8")
 
 
 def cache_dir() -> Path:

@@ -179,6 +179,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     encoder, tokenizer = load_encoder(config["model_dir"], cfg.model.pooling, cfg.model.query_prefix, cfg.model.passage_prefix)
     if cfg.model.gradient_checkpointing:
         encoder.backbone.gradient_checkpointing_enable()
+    if cfg.model.freeze_embeddings:
+        encoder.backbone.get_input_embeddings().weight.requires_grad_(False)
     model = Retriever(encoder, cfg.train.temperature, cfg.train.learn_temperature)
     engine = build_engine(model, cfg, local_b, world)
     device = engine.device

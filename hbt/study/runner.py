@@ -1,0 +1,132 @@
+"""The study: does hybrid batch training hurt retrieval under domain shift?
+
+For each strategy and seed: train, then evaluate on the held-out XQuAD-R
+articles (in domain), MLQA-R (another QA dataset, never trained on) and
+Tatoeba (+ MIRACL when configured; domain-shifted); the untouched starting
+model is the zero-shot reference. The report compares HBT with each
+baseline with paired-bootstrap confidence intervals over queries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hbt.config import HBTConfig, dump_config, with_overrides
+from hbt.model.offline import resolve_model_path
+from hbt.raysetup import init_ray
+from hbt.study.report import build_report, summary_table
+from hbt.tracking import tracker_for
+
+# Each strategy of the study as the batching it trains with. X-X-mono and X-Y
+# are HBT at alpha 1 and 0, so all three run the very same code path.
+STRATEGY_BATCHING: dict[str, dict[str, Any]] = {
+    "x_x_mono": {"batching.strategy": "hybrid", "batching.alpha": 1.0},
+    "x_y": {"batching.strategy": "hybrid", "batching.alpha": 0.0},
+    "mixed_mono": {"batching.strategy": "mixed_mono"},
+}
+
+
+def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
+    """Config updates that make ``cfg`` train ``strategy`` (``hbt`` keeps the configured alpha)."""
+    if strategy == "hbt":
+        return {"batching.strategy": "hybrid", "batching.alpha": cfg.batching.alpha}
+    return STRATEGY_BATCHING[strategy]
+
+
+def headline_metrics(cfg: HBTConfig) -> list[str]:
+    """The metric keys the report compares, per configured benchmark."""
+    keys: list[str] = []
+    for bench in cfg.eval.benchmarks:
+        if bench in ("xquad_r", "mlqa_r"):
+            keys += [f"{bench}/{s}/mAP" for s in cfg.eval.settings]
+            if "multilingual" in cfg.eval.settings:
+                keys += [f"{bench}/bias/own_language_top1", f"{bench}/bias/rank_distance_mean"]
+        elif bench == "tatoeba":
+            keys += ["tatoeba/acc@1", "tatoeba/eng-xx/acc@1"]
+        elif bench == "miracl" and cfg.eval.miracl_path:
+            keys += ["miracl/nDCG@10", "miracl/R@100"]
+    return keys
+
+
+def reductions(cfg: HBTConfig) -> list[str]:
+    """What this run cut relative to the paper-scale setup, for the report."""
+    out = []
+    if cfg.model.freeze_embeddings:
+        out.append("word embeddings frozen (their optimizer update dominates a CPU step)")
+    if cfg.model.num_layers:
+        out.append(f"encoder cut to its first {cfg.model.num_layers} layers")
+    if len(cfg.data.languages) < 11:
+        out.append(f"{len(cfg.data.languages)} training languages ({', '.join(cfg.data.languages)}) instead of 11")
+    if cfg.data.max_questions:
+        out.append(f"at most {cfg.data.max_questions} training questions")
+    out.append(f"{cfg.train.max_steps} steps of {cfg.batching.global_batch_size} pairs, sequences of "
+               f"{cfg.model.max_query_length}/{cfg.model.max_passage_length} tokens")
+    if cfg.eval.max_questions:
+        out.append(f"evaluation on at most {cfg.eval.max_questions} questions per benchmark and language")
+    if cfg.eval.languages:
+        out.append(f"evaluation languages {', '.join(cfg.eval.languages)}")
+    if len(cfg.study.seeds) == 1:
+        out.append("one seed (confidence intervals cover query sampling only)")
+    return out
+
+
+def run_study(cfg: HBTConfig) -> dict[str, Any]:
+    """Runs the whole study and writes ``report.{md,json}`` and plots.
+
+    Returns:
+        The report dict (also logged to one MLflow parent run).
+    """
+    from hbt.eval.runner import evaluate_tracked
+    from hbt.train.job import run_training
+
+    t0 = time.time()
+    name = cfg.run_name or f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    study_dir = Path(cfg.output_dir) / name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, study_dir / "config.yaml")
+    init_ray(cfg.ray.address)
+    parent = tracker_for(cfg, name, study_dir, tags={"hbt.kind": "study"})
+    parent.log_params(cfg.model_dump(mode="json"))
+    timings: dict[str, float] = {}
+    try:
+        base_model = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
+        t = time.time()
+        zero_shot = evaluate_tracked(cfg, base_model, study_dir / "zero_shot", f"{name}/zero_shot",
+                                     parent_run_id=parent.run_id, tags={"hbt.strategy": "zero_shot"})
+        timings["eval/zero_shot"] = time.time() - t
+        print(f"[hbt] zero-shot evaluated in {timings['eval/zero_shot']:.0f}s", flush=True)
+        scores: dict[str, dict[int, Any]] = {}
+        for strategy in cfg.study.strategies:
+            for seed in cfg.study.seeds:
+                tag = f"{strategy}-s{seed}"
+                run_cfg = with_overrides(cfg, {**strategy_overrides(cfg, strategy), "batching.seed": seed,
+                                               "run_name": f"{name}-{tag}", "output_dir": str(study_dir / "runs")})
+                t = time.time()
+                trained = run_training(run_cfg, parent_run_id=parent.run_id)
+                timings[f"train/{tag}"] = time.time() - t
+                t = time.time()
+                scores.setdefault(strategy, {})[seed] = evaluate_tracked(
+                    run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{name}/{tag}/eval",
+                    parent_run_id=parent.run_id, tags={"hbt.strategy": strategy, "hbt.seed": str(seed)})
+                timings[f"eval/{tag}"] = time.time() - t
+                print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s, "
+                      f"evaluated in {timings[f'eval/{tag}']:.0f}s", flush=True)
+        report = build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
+                              baselines=[s for s in ("x_x_mono", "x_y") if s in scores],
+                              reductions=reductions(cfg), n_samples=cfg.study.bootstrap_samples)
+        timings["total"] = time.time() - t0
+        (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
+        parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+        for f in report.get("files", []):
+            parent.log_artifact(study_dir / f)
+        parent.log_artifact(study_dir / "timings.json")
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    parent.end("FINISHED")
+    print(summary_table(report))
+    print(f"\n[hbt] study finished in {timings['total']:.0f}s; report: {(study_dir / 'report.md').resolve()}")
+    return report

@@ -1,0 +1,60 @@
+"""The study end to end on a tiny model: every strategy trains, evaluates, and the report says so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hbt.config import PROJECT_ROOT, load_config
+from hbt.study.runner import headline_metrics, reductions, strategy_overrides
+
+
+def test_strategies_map_to_alpha_one_zero_and_configured():
+    cfg = load_config(None, ["batching.alpha=0.3"])
+    assert strategy_overrides(cfg, "x_x_mono")["batching.alpha"] == 1.0
+    assert strategy_overrides(cfg, "x_y")["batching.alpha"] == 0.0
+    assert strategy_overrides(cfg, "hbt") == {"batching.strategy": "hybrid", "batching.alpha": 0.3}
+
+
+def test_local_study_lists_its_reductions_and_metrics():
+    cfg = load_config(PROJECT_ROOT / "configs" / "local.yaml")
+    red = " ".join(reductions(cfg))
+    assert "7 training languages" in red and "frozen" in red and "150 questions" in red
+    keys = headline_metrics(cfg)
+    assert "xquad_r/multilingual/mAP" in keys and "mlqa_r/cross_lingual/mAP" in keys and "tatoeba/acc@1" in keys
+
+
+@pytest.mark.slow
+def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_path, ray_local, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from hbt.study import run_study
+
+    cfg = load_config(PROJECT_ROOT / "configs" / "local.yaml", [
+        f"output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", "run_name=study-test",
+        "data.languages=[en,de,es]", "eval.languages=[en,de,es]", "data.max_questions=32",
+        "batching.global_batch_size=4", "train.max_steps=2", "train.warmup_steps=0", "train.log_every=1",
+        "eval.max_questions=20", "eval.tatoeba_languages=[deu,spa]", "eval.benchmarks=[xquad_r,tatoeba]",
+        "study.bootstrap_samples=200", "model.freeze_embeddings=false",
+    ])
+    report = run_study(cfg)
+    out = tmp_path / "study-test"
+    for name in ("report.md", "report.json", "timings.json"):
+        assert (out / name).exists(), name
+    assert list(out.glob("*.png")), "plots"
+    saved = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    for strategy in ("x_x_mono", "x_y", "hbt"):
+        assert (out / "eval" / f"{strategy}-s0" / "metrics.json").exists()
+    assert "xquad_r" in md and "tatoeba" in md and saved == json.loads(json.dumps(report))
+    printed = capsys.readouterr().out
+    assert "study finished" in printed
+
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hbt")
+    parent = client.search_runs([exp.experiment_id], "attributes.run_name = 'study-test'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # zero-shot eval + (train + eval) per strategy
+    assert len(children) == 7
+    assert any(a.path == "report.md" for a in client.list_artifacts(parent.info.run_id))

@@ -1,0 +1,77 @@
+"""`ray job submit` against a real `ray start --head`: the training entrypoint runs and logs to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hbt.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head started the way a cluster is (token auth off for this local test only)."""
+    import ray
+
+    ray.shutdown()  # this process's own local Ray, if a test started one; the next test restarts it
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+
+
+def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env = ray_head
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        client = JobSubmissionClient(address)
+        db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        entry = (f"python -m ray_jobs.train --config configs/local.yaml output_dir={tmp_path / 'out'} "
+                 f"model.name_or_path={tiny_model_dir} tracking.uri={db} run_name=job-test "
+                 "train.max_steps=3 train.log_every=1 batching.global_batch_size=4 data.max_questions=16 "
+                 "data.languages=[en,de] eval.languages=[en,de] model.freeze_embeddings=false")
+        job_id = client.submit_job(
+            entrypoint=entry,
+            runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
+                         # relative data paths resolve against the checkout, not the uploaded copy
+                         "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}},
+        )
+        deadline = time.time() + 600
+        status = client.get_job_status(job_id)
+        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
+            time.sleep(2)
+            status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    assert "[hbt] step 3/3" in logs
+    runs = MlflowClient(db).search_runs(
+        [MlflowClient(db).get_experiment_by_name("hbt").experiment_id], "attributes.run_name = 'job-test'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "train/loss" in runs[0].data.metrics
+    result = json.loads((tmp_path / "out" / "job-test" / "result.json").read_text())
+    assert Path(result["model_dir"], "model.safetensors").exists()
