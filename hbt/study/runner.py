@@ -120,7 +120,8 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
         timings["total"] = time.time() - t0
         (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
         parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
-        for f in report.get("files", []):
+        files = report["files"]
+        for f in [files["json"], files["markdown"], *files["plots"]]:
             parent.log_artifact(study_dir / f)
         parent.log_artifact(study_dir / "timings.json")
     except BaseException:
