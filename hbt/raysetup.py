@@ -21,7 +21,11 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # Under `ray job submit` the job's runtime env already reaches every
+        # worker, and Ray refuses a driver runtime env that repeats its keys.
+        ray.init(address=address)
+        return
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
-    ray.init(address=address, **kwargs)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)

@@ -51,14 +51,21 @@ def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_di
         db = f"sqlite:///{tmp_path / 'mlflow.db'}"
         entry = (f"python -m ray_jobs.train --config configs/local.yaml output_dir={tmp_path / 'out'} "
                  f"model.name_or_path={tiny_model_dir} tracking.uri={db} run_name=job-test "
-                 "train.max_steps=3 train.log_every=1 batching.global_batch_size=4 data.max_questions=16 "
+                 "train.max_steps=3 train.warmup_steps=0 train.log_every=1 batching.global_batch_size=4 data.max_questions=16 "
                  "data.languages=[en,de] eval.languages=[en,de] model.freeze_embeddings=false")
-        job_id = client.submit_job(
-            entrypoint=entry,
-            runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
-                         # relative data paths resolve against the checkout, not the uploaded copy
-                         "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}},
-        )
+        runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
+                       # relative data paths resolve against the checkout, not the uploaded copy
+                       "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}}
+        give_up = time.time() + 300
+        while True:
+            try:
+                job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
+                break
+            except RuntimeError as e:
+                # A fresh head's job agent takes seconds (minutes on a loaded machine) to register.
+                if "No available agent" not in str(e) or time.time() > give_up:
+                    raise
+                time.sleep(3)
         deadline = time.time() + 600
         status = client.get_job_status(job_id)
         while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
