@@ -23,7 +23,7 @@ def test_every_shipped_config_validates(path):
 
 
 def test_every_tune_space_validates():
-    from hbt.tune import load_space
+    from hbt.tune.space import load_space
 
     spaces = sorted((PROJECT_ROOT / "tune_spaces").glob("*.yaml"))
     assert {p.name for p in spaces} >= {"alpha.yaml", "full.yaml"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -48,10 +49,12 @@ def test_tokenised_shards_feed_torch_batches(tiny_model_dir, ray_local):
                              "model.max_query_length=24", "model.max_passage_length=40"])
     ds = build_train_dataset(cfg, str(tiny_model_dir), "query: ", "passage: ")
     shards = ds.streaming_split(2, equal=True)
-    seen: list[set[int]] = []
-    for rank, shard in enumerate(shards[:1]):
-        hashes: set[int] = set()
-        for step, batch in enumerate(shard.iter_torch_batches(batch_size=4, drop_last=True)):
+    seen: list[set[int]] = [set(), set()]
+
+    def consume(rank: int) -> None:
+        # Both shards must be read at once, as two Train workers do: an unread
+        # split backpressures the other.
+        for step, batch in enumerate(shards[rank].iter_torch_batches(batch_size=4, drop_last=True)):
             assert batch["q_ids"].shape[1:] == (3, 24) and batch["p_ids"].shape[1:] == (3, 40)
             plan = plan_step(cfg.batching, cfg.data.languages, 0, step).slice(rank, 2)
             pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
@@ -59,9 +62,13 @@ def test_tokenised_shards_feed_torch_batches(tiny_model_dir, ray_local):
             assert torch.equal(pairs["q_attention_mask"].sum(1), batch["q_len"][torch.arange(4), torch.as_tensor(plan.q_lang)])
             # Dynamic padding: the longest row fills the width exactly.
             assert pairs["p_attention_mask"][:, -1].any()
-            hashes.update(pairs["qid_hash"].tolist())
-        seen.append(hashes)
-    assert len(seen[0]) == 24
+            seen[rank].update(pairs["qid_hash"].tolist())
+
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(consume, r) for r in (0, 1)]:
+            f.result(timeout=300)
+    assert len(seen[0]) == len(seen[1]) == 24
+    assert not seen[0] & seen[1]  # the workers' shards are disjoint in question ids
 
 
 def test_skips_are_counted_in_the_ledger(tmp_path, ray_local):
