@@ -70,10 +70,10 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         try:
-            import mlflow
             from mlflow.tracking import MlflowClient
 
-            mlflow.set_tracking_uri(uri)
+            # A client bound to this URI, never mlflow.set_tracking_uri: that sets
+            # MLFLOW_TRACKING_URI process-wide and would redirect later runs.
             self._client = MlflowClient(uri)
             if run_id is not None:
                 self._client.get_run(run_id)

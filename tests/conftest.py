@@ -77,3 +77,9 @@ def ray_local(_ray_session):
 
     init_ray(None)
     return ray
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_mlflow_uri(monkeypatch):
+    """Tests pick their MLflow store explicitly; a URI in the caller's environment must not leak in."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -32,8 +32,13 @@ def ray_head(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port, dash = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    # Every agent port free-picked: a Ray shut down a moment ago (or another on the
+    # machine) can still hold the defaults, and then the job agent never registers.
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--include-dashboard=true", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+                    "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
+                   env=env, check=True, capture_output=True)
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
