@@ -33,6 +33,21 @@ def tracking_uri(cfg: HBTConfig) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def default_artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store go next to the database, not into ``./mlruns``.
+
+    MLflow's default artifact root for a database store is ``./mlruns``
+    relative to the *current* directory, so a driver and its Ray workers (which
+    run in session dirs) would scatter one run's artifacts over several places.
+    Other stores keep the server's default (None).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+
 class Tracker:
     """One MLflow run (optionally nested) plus a local JSONL copy of its metrics.
 
@@ -80,7 +95,8 @@ class Tracker:
                 self.run_id = run_id
                 return
             exp = self._client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+            exp_id = exp.experiment_id if exp else self._client.create_experiment(
+                experiment, artifact_location=default_artifact_location(uri, experiment))
             all_tags = dict(tags or {})
             all_tags["mlflow.runName"] = run_name
             if parent_run_id:
