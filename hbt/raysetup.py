@@ -1,4 +1,4 @@
-"""Connecting to Ray: a cluster when one is running or named, else a local one."""
+"""Connecting to Ray: the job's cluster, a named one, or a fresh local one."""
 
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ def init_ray(address: str | None = None) -> None:
     """Initialises Ray once per process.
 
     Args:
-        address: ``None`` joins the cluster this process runs on (``ray job
-            submit`` sets ``RAY_ADDRESS``) or starts a local Ray; ``"auto"`` or
-            ``ray://...`` joins an existing one.
+        address: ``None`` joins the cluster named by ``RAY_ADDRESS`` (``ray job
+            submit`` sets it for the job's driver) and otherwise starts a
+            fresh local Ray; ``"auto"`` or ``ray://...`` joins an existing one.
+            ``None`` never attaches to a cluster someone else started with
+            ``ray start`` on the same host: a local run must not land its
+            workers, data and failures on a stranger's cluster.
     """
     import ray
 
     if ray.is_initialized():
         return
+    if address is None and not os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        address = "local"
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # Under `ray job submit` the job's runtime env already reaches every
         # worker, and Ray refuses a driver runtime env that repeats its keys.
