@@ -274,20 +274,32 @@ def offline_model_dir(num_layers: int | None = None) -> Path:
     The build goes to a temporary sibling and is renamed into place, so a
     concurrent reader never sees a half-written model.
     """
+    import shutil
+
     name = "multilingual-e5-small" + (f"-l{num_layers}" if num_layers else "")
     target = cache_dir() / "models" / name
-    if (target / "hbt_encoder.json").exists():
+    if _complete(target):
         return target
     tmp = target.with_name(f"{name}.tmp{os.getpid()}")
     build_offline_e5_small(tmp, num_layers)
+    if target.exists() and not _complete(target):
+        # Left by an interrupted older build: a half model must never be served.
+        shutil.rmtree(target, ignore_errors=True)
     try:
         os.replace(tmp, target)
     except OSError:
-        # Another process won the race; its copy is identical.
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
+        if not _complete(target):
+            raise RuntimeError(f"could not install the offline model at {target}; remove it or set HBT_CACHE") from None
+        # else another process won the race; its copy is identical.
     return target
+
+
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "hbt_encoder.json")
+
+
+def _complete(model_dir: Path) -> bool:
+    return all((model_dir / f).is_file() for f in _MODEL_FILES)
 
 
 def resolve_model_path(name_or_path: str, num_layers: int | None = None) -> str:

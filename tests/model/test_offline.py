@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from transformers import AutoModel
+
 from hbt.model.encoder import encode_texts, load_encoder
 from hbt.model.offline import dequantize_q4_0
 
@@ -90,3 +92,16 @@ def test_tiny_model_is_deterministic(tmp_path):
     b, _ = load_encoder(build_tiny_model(tmp_path / "b"))
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_a_half_built_cache_entry_is_rebuilt_not_served(tmp_path, monkeypatch):
+    from hbt.model.offline import offline_model_dir
+
+    monkeypatch.setenv("HBT_CACHE", str(tmp_path))
+    stale = tmp_path / "models" / "multilingual-e5-small-l1"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")  # an interrupted build left only this
+    got = offline_model_dir(num_layers=1)
+    assert got == stale
+    assert AutoModel.from_pretrained(got).config.num_hidden_layers == 1
+    assert not list((tmp_path / "models").glob("*.tmp*"))
