@@ -102,8 +102,11 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
         for strategy in cfg.study.strategies:
             for seed in cfg.study.seeds:
                 tag = f"{strategy}-s{seed}"
+                # The study's store, pinned: with the runs' own output_dir the default
+                # store would be a second database that the parent run never sees.
                 run_cfg = with_overrides(cfg, {**strategy_overrides(cfg, strategy), "batching.seed": seed,
-                                               "run_name": f"{name}-{tag}", "output_dir": str(study_dir / "runs")})
+                                               "run_name": f"{name}-{tag}", "output_dir": str(study_dir / "runs"),
+                                               "tracking.uri": parent.uri})
                 t = time.time()
                 trained = run_training(run_cfg, parent_run_id=parent.run_id)
                 timings[f"train/{tag}"] = time.time() - t
