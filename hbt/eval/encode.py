@@ -59,22 +59,31 @@ class EncoderActor:
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        emb = embed_batch(self.encoder, self.tokenizer, [str(t) for t in batch["text"]],
+                          [str(k) for k in batch["kind"]], self.max_length, self.precision, self.device)
+        return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": emb}
 
-        texts = [str(t) for t in batch["text"]]
-        kinds = [str(k) for k in batch["kind"]]
-        prefixed = list(texts)
-        for kind in KINDS:
-            pos = [i for i, k in enumerate(kinds) if k == kind]
-            for i, t in zip(pos, self.encoder.prefix([texts[i] for i in pos], kind)):
-                prefixed[i] = t
-        tok = self.tokenizer(prefixed, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        ):
-            emb = self.encoder(ids, mask)
-        return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": emb.float().cpu().numpy()}
+
+def embed_batch(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds: Sequence[str], max_length: int,
+                precision: str, device: Any) -> np.ndarray:
+    """Embeds one batch with the model's query/passage prefixes; float32 ``(len(texts), dim)``.
+
+    The one place texts become embeddings: the Ray Data actors and the
+    in-training dev evaluation both call it, so their numbers agree.
+    """
+    import torch
+
+    prefixed = list(texts)
+    for kind in KINDS:
+        pos = [i for i, k in enumerate(kinds) if k == kind]
+        for i, t in zip(pos, encoder.prefix([texts[i] for i in pos], kind)):
+            prefixed[i] = t
+    tok = tokenizer(prefixed, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+        emb = encoder(ids, mask)
+    return emb.float().cpu().numpy()
 
 
 def unique_items(texts: Sequence[str], kinds: Sequence[str]) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -94,15 +103,23 @@ def unique_items(texts: Sequence[str], kinds: Sequence[str]) -> tuple[list[tuple
     return list(seen), inverse
 
 
-def length_order(model_dir: str, items: Sequence[tuple[str, str]], max_length: int) -> np.ndarray:
-    """Order of ``items`` by token length (ties by position), so batches pad little."""
-    from transformers import AutoTokenizer
+def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: int) -> np.ndarray:
+    """Order of ``items`` by token length (ties by position), so batches pad little.
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    Args:
+        tokenizer: a tokenizer, or a model dir to load one from.
+        items: ``(kind, text)`` pairs.
+        max_length: token cut-off.
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
     lengths = np.zeros(len(items), dtype=np.int64)
     step = 4096
     for s in range(0, len(items), step):
-        enc = tok([t for _, t in items[s : s + step]], add_special_tokens=False, truncation=True, max_length=max_length)
+        enc = tokenizer([t for _, t in items[s : s + step]], add_special_tokens=False, truncation=True,
+                        max_length=max_length)
         lengths[s : s + step] = [len(x) for x in enc["input_ids"]]
     return np.lexsort((np.arange(len(items)), lengths))
 
@@ -214,20 +231,37 @@ def encode_in_process(
     cfg: Any,
 ) -> np.ndarray:
     """The same encoding without Ray (one :class:`EncoderActor` in this process); for tests and debugging."""
-    items, inverse = unique_items(texts, kinds)
-    if not items:
-        return np.zeros((0, 0), np.float32)
-    order = length_order(model_dir, items, cfg.eval.max_length)
     kwargs = _actor_kwargs(model_dir, cfg)
     kwargs["num_threads"] = None  # keep this process's thread setting
     actor = EncoderActor(**kwargs)
+    return encode_with_model(actor.encoder, actor.tokenizer, texts, kinds, cfg, actor.device)
+
+
+def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds: Sequence[str], cfg: Any,
+                      device: Any) -> np.ndarray:
+    """Embeds texts with an encoder already in memory (deduplicated, length-sorted batches).
+
+    Args:
+        encoder: a :class:`hbt.model.encoder.BiEncoder` (put in eval mode by the caller).
+        tokenizer: its tokenizer.
+        texts, kinds: as for :func:`encode_with_ray`.
+        cfg: the config (``eval.batch_size``, ``eval.max_length``, ``eval.precision``).
+        device: where the encoder lives.
+
+    Returns:
+        ``(len(texts), dim)`` float32 embeddings in input order.
+    """
+    items, inverse = unique_items(texts, kinds)
+    if not items:
+        return np.zeros((0, 0), np.float32)
+    order = length_order(tokenizer, items, cfg.eval.max_length)
     out: np.ndarray | None = None
     bs = cfg.eval.batch_size
     for s in range(0, len(order), bs):
         sel = order[s : s + bs]
-        batch = {"row": sel, "kind": np.array([items[i][0] for i in sel]), "text": np.array([items[i][1] for i in sel])}
-        res = actor(batch)
+        emb = embed_batch(encoder, tokenizer, [items[i][1] for i in sel], [items[i][0] for i in sel],
+                          cfg.eval.max_length, cfg.eval.precision, device)
         if out is None:
-            out = np.empty((len(items), res["embedding"].shape[1]), np.float32)
-        out[res["row"]] = res["embedding"]
+            out = np.empty((len(items), emb.shape[1]), np.float32)
+        out[sel] = emb
     return out[inverse]

@@ -370,6 +370,65 @@ def _texts(benches: dict[str, Any]) -> tuple[list[str], list[str], dict[str, lis
     return texts, kinds, where
 
 
+def score_benchmarks(benches: dict[str, Any], emb: np.ndarray, where: dict[str, list[slice]], cfg: HBTConfig,
+                     col: _Collector, out: Path | None) -> dict[str, Any]:
+    """Scores every benchmark from the embeddings of :func:`_texts`' list into ``col``.
+
+    Args:
+        benches: from :func:`load_benchmarks`.
+        emb: one embedding per text of ``_texts(benches)``.
+        where: ``_texts``' slices.
+        cfg: the config.
+        col: collects metrics, per-query values and matrices.
+        out: MIRACL's TREC runs go to ``out/runs`` (None: not written).
+
+    Returns:
+        Per-benchmark info (languages and sizes).
+    """
+    info: dict[str, Any] = {}
+    for name, b in benches.items():
+        sl = where[name]
+        if isinstance(b, QABenchmark):
+            score_qa(b, emb[sl[0]], emb[sl[1]], cfg, col)
+            info[name] = {"languages": b.languages, "queries": b.num_queries, "candidates": b.num_candidates,
+                          "questions": len(b.answers), "articles": len(b.articles)}
+        elif name == "tatoeba":
+            score_tatoeba(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col)
+            info[name] = {"languages": [p.lang for p in b], "pairs": [len(p.src_texts) for p in b]}
+        elif name == "miracl":
+            score_miracl(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col,
+                         out / "runs" if out is not None else None)
+            info[name] = {"languages": [m.lang for m in b], "queries": [len(m.query_ids) for m in b],
+                          "documents": [len(m.doc_ids) for m in b]}
+    return info
+
+
+def evaluate_in_memory(cfg: HBTConfig, benches: dict[str, Any], encoder: Any, tokenizer: Any,
+                       device: Any) -> dict[str, float]:
+    """Scores an encoder that is already in memory (no Ray, no files): the in-training dev evaluation.
+
+    Same texts, batching, precision and scoring as :func:`evaluate`, so a
+    training-time dev number matches what ``evaluate`` gives the saved model.
+
+    Args:
+        cfg: the config (``eval.*``).
+        benches: from :func:`load_benchmarks`.
+        encoder: a :class:`~hbt.model.encoder.BiEncoder`; the caller puts it in eval mode.
+        tokenizer: its tokenizer.
+        device: where the encoder lives.
+
+    Returns:
+        The flat metrics.
+    """
+    from hbt.eval.encode import encode_with_model
+
+    texts, kinds, where = _texts(benches)
+    emb = encode_with_model(encoder, tokenizer, texts, kinds, cfg, device)
+    col = _Collector()
+    score_benchmarks(benches, emb, where, cfg, col, None)
+    return col.metrics
+
+
 def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") -> EvalResult:
     """Evaluates a bi-encoder on the benchmarks the config selects.
 
@@ -407,19 +466,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
     info: dict[str, Any] = {"model_dir": str(model_dir), "split": split, "benchmarks": list(benches),
                             "precision": cfg.eval.precision, "num_encoders": cfg.eval.num_encoders,
                             "texts": len(texts), "unique_texts": len(set(zip(kinds, texts)))}
-    for name, b in benches.items():
-        sl = where[name]
-        if isinstance(b, QABenchmark):
-            score_qa(b, emb[sl[0]], emb[sl[1]], cfg, col)
-            info[name] = {"languages": b.languages, "queries": b.num_queries, "candidates": b.num_candidates,
-                          "questions": len(b.answers), "articles": len(b.articles)}
-        elif name == "tatoeba":
-            score_tatoeba(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col)
-            info[name] = {"languages": [p.lang for p in b], "pairs": [len(p.src_texts) for p in b]}
-        elif name == "miracl":
-            score_miracl(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col, out / "runs")
-            info[name] = {"languages": [m.lang for m in b], "queries": [len(m.query_ids) for m in b],
-                          "documents": [len(m.doc_ids) for m in b]}
+    info.update(score_benchmarks(benches, emb, where, cfg, col, out))
     t_end = time.time()
     info["seconds"] = {"load": round(t_load - t0, 2), "encode": round(t_enc - t_load, 2),
                        "score": round(t_end - t_enc, 2), "total": round(t_end - t0, 2)}
