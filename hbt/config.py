@@ -140,6 +140,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end.")
     log_every: int = Field(5, ge=1)
+    dev_eval_every: int = Field(
+        0, ge=0, description="Evaluate on the dev split (data.dev_articles) every N steps, log dev/* metrics and "
+        "report them to Ray Train / Tune (ASHA acts on them); 0: never during training.")
     fault_inject_step: int | None = Field(None, description="Testing: raise in one worker at this step once.")
     fault_inject_rank: int = 0
 
@@ -198,7 +201,9 @@ class TrackingConfig(_Strict):
 class RayConfig(_Strict):
     """Cluster and scaling."""
 
-    address: str | None = Field(None, description="None: connect to a running Ray or start a local one.")
+    address: str | None = Field(
+        None, description="None: the cluster in $RAY_ADDRESS (set under `ray job submit`), else a fresh local Ray; "
+        "'auto': the Ray started with `ray start` on this host; 'ray://host:10001': a remote cluster.")
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
@@ -218,7 +223,6 @@ class TuneConfig(_Strict):
     scheduler: Literal["none", "asha"] = "none"
     asha_grace_period: int = Field(1, ge=1)
     max_concurrent_trials: int = Field(1, ge=1)
-    eval_every: int = Field(0, ge=0, description="Steps between intermediate dev reports (0: end only).")
 
 
 class StudyConfig(_Strict):
@@ -267,6 +271,8 @@ class HBTConfig(_Strict):
                 raise ValueError(f"data.language_weights names languages not in data.languages: {sorted(extra)}")
             if any(w < 0 for w in d.language_weights.values()) or sum(d.language_weights.values()) <= 0:
                 raise ValueError("data.language_weights must be non-negative with a positive sum")
+        if self.train.dev_eval_every and not d.dev_articles:
+            raise ValueError("train.dev_eval_every needs data.dev_articles (the XQuAD-R articles it evaluates on)")
         overlap = set(d.heldout_articles) & set(d.dev_articles)
         if overlap:
             raise ValueError(f"data.dev_articles overlaps data.heldout_articles: {sorted(overlap)}")

@@ -122,6 +122,33 @@ def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg:
         ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def run_dev_eval(dev_eval, model: Retriever, tokenizer, device, cfg: HBTConfig, rank: int, step: int,
+                 last: dict[str, float], tracker) -> dict[str, float]:
+    """Rank 0 scores the live model on the dev split; every rank must call this (ZeRO-3 gathers).
+
+    Returns:
+        On rank 0 the ``dev/*`` metrics and ``objective``; on other ranks ``{"step": step}``
+        (Ray Train keeps rank 0's report).
+    """
+    import torch.distributed as dist
+
+    from hbt.train.dev_eval import gathered_for_eval
+
+    out: dict[str, float] = {"step": float(step)}
+    with gathered_for_eval(model, cfg.deepspeed.zero_stage):
+        if rank == 0:
+            t0 = time.perf_counter()
+            out = dev_eval(model.encoder, tokenizer, device, last)
+            out["dev/seconds"] = time.perf_counter() - t0
+            shown = {k: round(v, 4) for k, v in out.items() if k.endswith("/mAP") and k.count("/") == 2}
+            print(f"[hbt] step {step} dev {shown} ({out['dev/seconds']:.1f}s)", flush=True)
+            if tracker is not None:
+                tracker.log_metrics(out, step=step)
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks wait here rather than inside their next collective
+    return out
+
+
 class _Meter:
     """Running sums for a logging window, split by batch type."""
 
@@ -200,6 +227,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         tracker = Tracker(config["mlflow_uri"], cfg.tracking.experiment, "", config["run_dir"], run_id=config["mlflow_run_id"])
 
+    dev_eval = None
+    if cfg.train.dev_eval_every and rank == 0:
+        from hbt.train.dev_eval import DevEvaluator
+
+        dev_eval = DevEvaluator(cfg)
+
     shard = ray.train.get_dataset_shard("train")
     langs = list(cfg.data.languages)
     meter = _Meter()
@@ -271,9 +304,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                     if tracker is not None:
                         tracker.log_metrics(last, step=state.step)
                 meter.reset()
+            dev: dict[str, float] = {}
+            if cfg.train.dev_eval_every and state.step % cfg.train.dev_eval_every == 0:
+                t_dev = time.perf_counter()
+                dev = run_dev_eval(dev_eval, model, tokenizer, device, cfg, rank, state.step, last, tracker)
+                meter.t0 += time.perf_counter() - t_dev  # throughput counts training time only
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                save_checkpoint(engine, model, tokenizer, state, cfg, rank, last)
+                save_checkpoint(engine, model, tokenizer, state, cfg, rank, {**last, **dev})
                 last_ckpt_step = state.step
+            elif dev:
+                # Every rank reports (Ray Train pairs the reports); rank 0's metrics reach Tune.
+                ray.train.report({**last, **dev, "step": state.step})
         if state.step >= cfg.train.max_steps:
             break
         if batches_this_epoch == 0:
