@@ -149,22 +149,24 @@ def build_search_alg(cfg: HBTConfig, max_concurrent: int):
 
 
 def build_scheduler(cfg: HBTConfig):
-    """``asha``: ASHA on the Train-phase ``train/loss`` (min), in training steps; else FIFO.
+    """``asha``: ASHA over training steps; else FIFO.
 
-    The train loop reports to Ray Train (and so to Tune) with each checkpoint,
-    and has no hook for intermediate dev evaluation yet, so the only signal
-    during training is the training loss. ASHA compares trials at the same
-    step; note that losses of different ``batching.alpha`` or
-    ``train.temperature`` are not on the same scale, so use ASHA for searches
-    over the learning rate or batch size, not over alpha.
+    With ``train.dev_eval_every`` the loop reports the dev ``objective`` every
+    N steps and ASHA acts on it (in ``tune.mode``): trials are cut on the
+    metric the search optimises. Without it the only signal during training
+    is ``train/loss`` (min), reported with each checkpoint; losses of
+    different ``batching.alpha`` or ``train.temperature`` are not on one
+    scale, so that mode suits searches over the learning rate or batch size,
+    not over alpha.
     """
     if cfg.tune.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    metric, mode = (OBJECTIVE, cfg.tune.mode) if cfg.train.dev_eval_every else ("train/loss", "min")
     # stop_last_trials=False: a trial that reaches max_t (the last step) must
     # still evaluate and make its final report.
-    return ASHAScheduler(time_attr="step", metric="train/loss", mode="min", max_t=cfg.train.max_steps,
+    return ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=cfg.train.max_steps,
                          grace_period=min(cfg.tune.asha_grace_period, cfg.train.max_steps), reduction_factor=2,
                          stop_last_trials=False)
 
@@ -184,14 +186,12 @@ def check_search_settings(cfg: HBTConfig) -> dict[str, float]:
         _require("optuna", "optuna")
     if cfg.tune.search_alg == "hyperopt":
         _require("hyperopt", "hyperopt")
-    if cfg.tune.eval_every:
-        raise ConfigError("tune.eval_every: intermediate dev evaluation needs a hook in the train loop that does "
-                          "not exist yet; set it to 0 (trials evaluate once, after training)")
     if not cfg.data.dev_articles:
         raise ConfigError("data.dev_articles is empty: trials are scored on the dev split (XQuAD-R dev articles)")
-    if cfg.tune.scheduler == "asha" and not cfg.train.checkpoint_every:
-        raise ConfigError("tune.scheduler=asha acts on the train/loss reported with each checkpoint; with "
-                          "train.checkpoint_every=0 there is one report, at the end. Set train.checkpoint_every")
+    if cfg.tune.scheduler == "asha" and not (cfg.train.checkpoint_every or cfg.train.dev_eval_every):
+        raise ConfigError("tune.scheduler=asha needs intermediate reports: set train.dev_eval_every (ASHA on the "
+                          "dev objective) or train.checkpoint_every (ASHA on train/loss); with neither there is "
+                          "one report, at the end")
     return weights
 
 
