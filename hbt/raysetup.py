@@ -26,6 +26,10 @@ def init_ray(address: str | None = None) -> None:
         return
     if address is None and not os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         address = "local"
+    if address == "local":
+        # Ray starts workers at nice 15, below its own daemons; a local run's workers are
+        # the job itself, so they get the priority `ray job submit` gives a job's workers.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # Under `ray job submit` the job's runtime env already reaches every
         # worker, and Ray refuses a driver runtime env that repeats its keys.
