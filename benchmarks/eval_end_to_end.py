@@ -12,9 +12,8 @@ Variants (``--variants``, comma-separated; the first fp32 one is the reference):
   1 CPU, batch 64, max length 128 (the config defaults but for the layout);
 - ``fp32_1x2``, ``bf16_1x2``: one actor with 2 CPUs (2 threads);
 - ``bf16_b32``, ``bf16_b128``: other batch sizes;
-- ``bf16w``: a prototype of a change to hbt's ``EncoderActor``, defined in this
-  script: the weights cast to bfloat16 (``encoder.to(torch.bfloat16)``) instead
-  of autocast; the same Ray Data path otherwise. ``bf16w_1x2`` with one 2-CPU actor.
+- ``bf16w``: ``eval.precision=bf16_weights``: the actors cast the weights to
+  bfloat16 once instead of autocasting every call. ``bf16w_1x2`` with one 2-CPU actor.
 
 Each variant takes minutes (a full fp32 run about 3-7 minutes on 2 busy cores),
 so the script runs each once unless ``--reps`` says otherwise; the repeated,
@@ -45,22 +44,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import claim_stdout, emit, log, machine, median, start_ray  # noqa: E402
 
-from hbt.eval.encode import EncoderActor  # noqa: E402
-
 TARGET_S = 120.0
 MAP_TOL = 0.005
-
-
-class BF16WeightsActor(EncoderActor):
-    """Prototype: bf16 weights instead of autocast (no per-call weight casts; bf16 LayerNorm/GELU)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import torch
-
-        super().__init__(*args, **kwargs)
-        if self.precision == "bf16":
-            self.encoder.to(torch.bfloat16)
-            self.precision = "bf16_weights"  # autocast off in __call__: the weights are bf16 already
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -70,35 +55,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16_1x2": {"precision": "bf16", "num_encoders": 1, "cpus_per_encoder": 2},
     "bf16_b32": {"precision": "bf16", "num_encoders": 2, "cpus_per_encoder": 1, "batch_size": 32},
     "bf16_b128": {"precision": "bf16", "num_encoders": 2, "cpus_per_encoder": 1, "batch_size": 128},
-    "bf16w": {"precision": "bf16", "num_encoders": 2, "cpus_per_encoder": 1, "_actor": BF16WeightsActor},
-    "bf16w_1x2": {"precision": "bf16", "num_encoders": 1, "cpus_per_encoder": 2, "_actor": BF16WeightsActor},
+    "bf16w": {"precision": "bf16_weights", "num_encoders": 2, "cpus_per_encoder": 1},
+    "bf16w_1x2": {"precision": "bf16_weights", "num_encoders": 1, "cpus_per_encoder": 2},
 }
 
 
 def run_variant(name: str, model_dir: str, base_eval: dict[str, Any], workdir: Path) -> dict[str, Any]:
     import ray
 
-    import hbt.eval.encode as encode_mod
     from hbt.config import config_from_dict
     from hbt.eval.runner import evaluate
 
     spec = dict(VARIANTS[name])
-    actor = spec.pop("_actor", None)
     cfg = config_from_dict({"eval": {**base_eval, **spec}})
     t0 = time.perf_counter()
     start_ray(2)
     ray_start = time.perf_counter() - t0
-    original = encode_mod.EncoderActor
-    if actor is not None:
-        # encode_with_ray looks the class up at call time; Ray pickles this __main__ class by value.
-        encode_mod.EncoderActor = actor
     out = workdir / name
     try:
         t0 = time.perf_counter()
         res = evaluate(cfg, model_dir, str(out))
         wall = time.perf_counter() - t0
     finally:
-        encode_mod.EncoderActor = original
         ray.shutdown()
     seconds = res.info["seconds"]
     shutil.rmtree(out, ignore_errors=True)
@@ -107,7 +85,6 @@ def run_variant(name: str, model_dir: str, base_eval: dict[str, Any], workdir: P
             "texts_per_s_encode": round(res.info["unique_texts"] / seconds["encode"], 1),
             "config": {k: v for k, v in cfg.eval.model_dump().items()
                        if k in ("precision", "num_encoders", "cpus_per_encoder", "batch_size", "max_length")},
-            "prototype_actor": actor.__name__ if actor else None,
             "metrics": {k: v for k, v in res.metrics.items() if k.endswith("/mAP")}}
 
 

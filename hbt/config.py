@@ -179,7 +179,9 @@ class EvalConfig(_Strict):
     )
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=4)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "bf16_weights"] = Field(
+        "fp32", description="Encoding precision: fp32; bf16 (autocast, fp32 weights); bf16_weights (the encoder "
+        "actors cast their weights to bf16: no per-call weight casts, bf16 norms and GELU).")
     num_encoders: int = Field(1, ge=1, description="Encoder actors in the Ray Data pool.")
     cpus_per_encoder: float = Field(1.0, gt=0)
     gpus_per_encoder: float = Field(0.0, ge=0)

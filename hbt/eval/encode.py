@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 KINDS = ("query", "passage")
+PRECISIONS = ("fp32", "bf16", "bf16_weights")
 
 
 class EncoderActor:
@@ -28,7 +29,8 @@ class EncoderActor:
 
     Args:
         model_dir: a transformers dir readable by :func:`hbt.model.encoder.load_encoder`.
-        precision: ``fp32`` or ``bf16`` (autocast; on CPU this uses AMX where present).
+        precision: ``fp32``, ``bf16`` (autocast; on CPU this uses AMX where present) or
+            ``bf16_weights`` (weights cast to bf16 once, no autocast).
         max_length: token cut-off (prefix included).
         pooling, query_prefix, passage_prefix: override the model's metadata.
         num_threads: torch intra-op threads (default: the CPUs Ray gave the actor).
@@ -53,8 +55,10 @@ class EncoderActor:
         self.encoder, self.tokenizer = load_encoder(model_dir, pooling, query_prefix, passage_prefix)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder.to(self.device).eval()
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16_weights":
+            self.encoder.to(torch.bfloat16)
         self.precision = precision
         self.max_length = max_length
 
@@ -234,11 +238,12 @@ def encode_in_process(
     kwargs = _actor_kwargs(model_dir, cfg)
     kwargs["num_threads"] = None  # keep this process's thread setting
     actor = EncoderActor(**kwargs)
-    return encode_with_model(actor.encoder, actor.tokenizer, texts, kinds, cfg, actor.device)
+    return encode_with_model(actor.encoder, actor.tokenizer, texts, kinds, cfg, actor.device,
+                             precision=actor.precision)
 
 
 def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds: Sequence[str], cfg: Any,
-                      device: Any) -> np.ndarray:
+                      device: Any, precision: str | None = None) -> np.ndarray:
     """Embeds texts with an encoder already in memory (deduplicated, length-sorted batches).
 
     Args:
@@ -247,10 +252,18 @@ def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds:
         texts, kinds: as for :func:`encode_with_ray`.
         cfg: the config (``eval.batch_size``, ``eval.max_length``, ``eval.precision``).
         device: where the encoder lives.
+        precision: overrides ``eval.precision``. An encoder in memory keeps its
+            weights (a training model must not be cast), so ``bf16_weights``
+            runs as ``bf16`` autocast unless the weights are bf16 already.
 
     Returns:
         ``(len(texts), dim)`` float32 embeddings in input order.
     """
+    import torch
+
+    precision = precision or cfg.eval.precision
+    if precision == "bf16_weights" and next(encoder.parameters()).dtype != torch.bfloat16:
+        precision = "bf16"
     items, inverse = unique_items(texts, kinds)
     if not items:
         return np.zeros((0, 0), np.float32)
@@ -260,7 +273,7 @@ def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds:
     for s in range(0, len(order), bs):
         sel = order[s : s + bs]
         emb = embed_batch(encoder, tokenizer, [items[i][1] for i in sel], [items[i][0] for i in sel],
-                          cfg.eval.max_length, cfg.eval.precision, device)
+                          cfg.eval.max_length, precision, device)
         if out is None:
             out = np.empty((len(items), emb.shape[1]), np.float32)
         out[sel] = emb

@@ -51,3 +51,30 @@ def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local, tmp_path
     # the prefix differs, so the same text as query and as passage embeds differently
     assert not np.allclose(got[0], got[4])
     np.testing.assert_allclose(encode_in_process(texts, kinds, str(tiny_model_dir), cfg), got, atol=1e-5)
+
+
+def test_bf16_precisions_stay_close_to_fp32_and_never_cast_a_live_model(offline_e5_2layer_dir):
+    import torch
+
+    from hbt.eval.encode import encode_in_process, encode_with_model
+    from hbt.model.encoder import load_encoder
+
+    texts = ["Wo liegt Warschau?", "Warschau liegt an der Weichsel.", "华沙在哪里？", "Where is Warsaw?"] * 2
+    kinds = ["query", "passage", "query", "passage"] * 2
+    emb = {}
+    for precision in ("fp32", "bf16", "bf16_weights"):
+        cfg = config_from_dict({"eval": {"batch_size": 4, "precision": precision}})
+        emb[precision] = encode_in_process(texts, kinds, str(offline_e5_2layer_dir), cfg)
+    for precision in ("bf16", "bf16_weights"):
+        cos = (emb[precision] * emb["fp32"]).sum(1)
+        assert cos.min() > 0.99, precision
+        assert not np.array_equal(emb[precision], emb["fp32"]), precision  # bf16 really ran
+    assert not np.array_equal(emb["bf16"], emb["bf16_weights"])  # weights cast, not autocast
+
+    # A model in memory (e.g. training's dev evaluation) keeps its fp32 weights: bf16_weights runs as autocast.
+    enc, tok = load_encoder(offline_e5_2layer_dir)
+    enc.eval()
+    cfg = config_from_dict({"eval": {"batch_size": 4, "precision": "bf16_weights"}})
+    live = encode_with_model(enc, tok, texts, kinds, cfg, torch.device("cpu"))
+    assert next(enc.parameters()).dtype == torch.float32
+    np.testing.assert_allclose(live, emb["bf16"], atol=1e-6)
