@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from hbt.tracking import Tracker
@@ -36,7 +37,8 @@ def test_sqlite_artifacts_live_next_to_the_database_whatever_the_cwd(tmp_path, m
 
 def test_unreachable_server_keeps_metrics_locally(tmp_path):
     # Port 9 (discard) on loopback: nothing listens there.
-    t = Tracker("http://127.0.0.1:9", "exp", "r", tmp_path / "run")
+    with pytest.warns(UserWarning, match="going on, metrics are kept in"):
+        t = Tracker("http://127.0.0.1:9", "exp", "r", tmp_path / "run")
     t.log_metrics({"loss": 0.25}, step=1)
     t.end()
     rows = [json.loads(x) for x in (Path(tmp_path) / "run" / "metrics.jsonl").read_text().splitlines()]
