@@ -25,24 +25,17 @@ if str(PROJECT_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkou
 
 
 def start_ray(num_cpus: int) -> None:
-    """A fresh local Ray for one contender, set up like ``hbt.raysetup.init_ray`` (forwarded env vars).
+    """A fresh local Ray for one contender, started exactly as hbt starts one.
 
-    Ray runs its workers at nice 15 by default (``RAY_worker_niceness``); the
-    bare contenders run in this nice-0 process, so on a machine that other jobs
-    share the workers would lose every contended time slice. The workers get
-    nice 0 here, as ``ray job submit`` gives its job's workers.
+    ``hbt.raysetup.init_ray("local")`` never joins a cluster another user started
+    on this machine and gives the workers nice 0 (Ray's default, 15, would make
+    them lose every contended time slice to the nice-0 bare contenders).
     """
     import ray
 
-    from hbt.raysetup import _FORWARDED_ENV
+    from hbt.raysetup import init_ray
 
-    os.environ["RAY_worker_niceness"] = "0"
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # address="local": a new Ray even when another user ran `ray start --head` on this machine
-    # (a bare ray.init() would join that cluster).
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
-             log_to_driver=True)
+    init_ray("local", num_cpus=num_cpus, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

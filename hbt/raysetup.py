@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # Environment passed on to every Ray worker, so workers resolve data paths and
 # caches like the driver does (a worker's cwd is a Ray session dir).
 _FORWARDED_ENV = ("HBT_DATA_ROOT", "HBT_CACHE", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Initialises Ray once per process.
 
     Args:
@@ -19,6 +20,7 @@ def init_ray(address: str | None = None) -> None:
             ``None`` never attaches to a cluster someone else started with
             ``ray start`` on the same host: a local run must not land its
             workers, data and failures on a stranger's cluster.
+        **init_kwargs: passed on to ``ray.init`` (e.g. ``num_cpus``, ``include_dashboard``).
     """
     import ray
 
@@ -33,8 +35,8 @@ def init_ray(address: str | None = None) -> None:
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
         # Under `ray job submit` the job's runtime env already reaches every
         # worker, and Ray refuses a driver runtime env that repeats its keys.
-        ray.init(address=address)
+        ray.init(address=address, **init_kwargs)
         return
     env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **init_kwargs)
