@@ -1,12 +1,16 @@
 """A sharded FAISS inner-product index with exact merging and exact full-ranking ranks.
 
 The candidate matrix is cut into contiguous id ranges, one FAISS index per
-shard. Shards are searched in parallel threads (FAISS releases the GIL) and
-their top-k lists are merged on the driver.
+shard. CPU shards are searched one after another (each FAISS search already uses
+every core); GPU shards in parallel threads. Their top-k lists are merged on
+the driver.
 
 Ordering contract, shared by :meth:`ShardedIndex.search` and
 :meth:`ShardedIndex.rank_of`: candidates are ordered by score, descending,
-and equal scores by id, ascending. With the default ``flat`` index the merged
+and equal scores by id, ascending. "Equal" means within
+:func:`hbt.eval.metrics.tie_tolerance` (1e-6 of the query's score scale): BLAS
+can score identical vectors a few ulps apart depending on their column
+position, and such noise must not decide an order. With the default ``flat`` index the merged
 top-k is exactly the unsharded top-k under that order: a shard's list is only
 cut where its next score is strictly lower than its k-th, otherwise that shard
 is searched again with a larger k, so a tie straddling a shard's cut cannot
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from hbt.eval.metrics import tie_tolerance
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 
@@ -141,7 +147,7 @@ class ShardedIndex:
         if self.kind == "flat" and kk < n and k <= n:
             # A tie across the cut (k-th score == last returned score) may hide a
             # lower id with the same score: search those queries again, deeper.
-            todo = np.flatnonzero(scores[:, -1] == scores[:, k - 1])
+            todo = np.flatnonzero(scores[:, -1] >= scores[:, k - 1] - tie_tolerance(scores[:, 0]))
             # GPU FAISS returns at most 2048 per query; past that a tie stays unresolved.
             limit = n if shard.on_cpu else min(n, 2048)
             while todo.size and kk < limit:
@@ -151,7 +157,7 @@ class ShardedIndex:
                 scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
                 ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
                 scores[todo], ids[todo] = s2, i2
-                todo = todo[s2[:, -1] == s2[:, k - 1]]
+                todo = todo[s2[:, -1] >= s2[:, k - 1] - tie_tolerance(s2[:, 0])]
         ids = np.where(ids >= 0, ids + shard.start, -1)
         return scores, ids
 
@@ -183,7 +189,14 @@ class ShardedIndex:
         ids = np.concatenate([p[1] for p in parts], axis=1)
         scores = np.where(ids >= 0, scores, -np.inf)
         sort_ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
-        order = np.lexsort((sort_ids, -scores), axis=-1)[:, :k]
+        order = np.lexsort((sort_ids, -scores), axis=-1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        ids = np.take_along_axis(ids, order, axis=1)
+        # Runs of scores within the tie tolerance of each other are one tie: order them by id.
+        tol = tie_tolerance(np.where(np.isfinite(scores[:, :1]), scores[:, :1], 0.0))
+        gaps = np.diff(np.nan_to_num(scores, neginf=-1e30), axis=1) < -tol
+        tie_group = np.concatenate([np.zeros((scores.shape[0], 1), np.int64), np.cumsum(gaps, axis=1)], axis=1)
+        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), tie_group), axis=-1)[:, :k]
         scores = np.take_along_axis(scores, order, axis=1)
         ids = np.take_along_axis(ids, order, axis=1)
         if scores.shape[1] < k:
@@ -203,7 +216,8 @@ class ShardedIndex:
     def rank_of(self, queries: np.ndarray, relevant: Sequence[np.ndarray], block: int = 512) -> list[np.ndarray]:
         """Exact 1-based ranks of each query's relevant candidates in the full ranking.
 
-        ``rank(r) = 1 + #{c : s_c > s_r} + #{c < r : s_c == s_r}``: the order
+        ``rank(r) = 1 + #{c : s_c > s_r + tol} + #{c < r : |s_c - s_r| <= tol}``
+        with ``tol`` from :func:`~hbt.eval.metrics.tie_tolerance`: the order
         :meth:`search` uses. Scores come from one matrix product per block of
         queries and shard, and ``s_r`` is read from that product.
 
@@ -231,12 +245,14 @@ class ShardedIndex:
             for i, r in enumerate(rel):
                 pad[i, : r.size] = r
             R = np.take_along_axis(S, np.maximum(pad, 0), axis=1)  # (B, W) relevant scores
+            tol = tie_tolerance(S.max(axis=1))[:, None, None]
             # Count in row groups across threads; numpy releases the GIL in ufuncs.
             groups = np.array_split(np.arange(len(rel)), max(1, min(len(rel) // 16, os.cpu_count() or 1)))
 
             def count(g: np.ndarray) -> np.ndarray:
-                above = (S[g, None, :] > R[g, :, None]).sum(-1)
-                ties = (S[g, None, :] == R[g, :, None]) & (idx[None, None, :] < pad[g, :, None])
+                diff = S[g, None, :] - R[g, :, None]
+                above = (diff > tol[g]).sum(-1)
+                ties = (np.abs(diff) <= tol[g]) & (idx[None, None, :] < pad[g, :, None])
                 return above + ties.sum(-1)
 
             counts = np.concatenate(list(self._pool.map(count, groups)), axis=0) + 1

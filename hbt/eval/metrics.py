@@ -140,17 +140,41 @@ def own_language_first(ranks: Sequence[int] | np.ndarray, langs: Sequence[str], 
     return langs[int(np.argmin(r))] == query_lang
 
 
+# Scores within this fraction of the query's score scale count as ties. BLAS
+# kernels sum a dot product in an order that depends on the candidate's column
+# position (OpenBLAS' Haswell kernels, say), so two identical candidates can
+# score a few ulps apart; without a tolerance such "ties" would be broken by
+# rounding noise instead of by id. A float32 dot product of unit vectors
+# typically errs by sqrt(d) * 6e-8 (1.2e-6 at d = 384; the ulps seen between
+# copies are ~6e-8); real scores this close are ties for every metric we report.
+TIE_RTOL = 1e-6
+
+
+def tie_tolerance(top_scores: np.ndarray | float) -> np.ndarray | float:
+    """The absolute tie tolerance for a query whose best score is ``top_scores``.
+
+    ``TIE_RTOL * max(1, |top|)``: an absolute 1e-6 for cosine scores, relative
+    for unnormalised inner products. :meth:`hbt.eval.index.ShardedIndex.search`,
+    :meth:`~hbt.eval.index.ShardedIndex.rank_of` and :func:`ranks_from_scores`
+    share it.
+    """
+    return TIE_RTOL * np.maximum(1.0, np.abs(top_scores))
+
+
 def ranks_from_scores(scores: np.ndarray, relevant: Sequence[int]) -> np.ndarray:
     """Reference: 1-based ranks of ``relevant`` in one full ranking of ``scores``.
 
-    Ties are broken by index (lower index ranks first), the order the index
-    search uses. O(N) per relevant item; meant for tests
-    and small pools.
+    Candidate ``c`` ranks before ``r`` when ``s_c > s_r + tol``, or when the two
+    are within ``tol`` (:func:`tie_tolerance`) and ``c < r``: the order the
+    index search uses. O(N) per relevant item; meant for tests and small pools.
     """
-    s = np.asarray(scores)
+    s = np.asarray(scores, dtype=np.float64)
     rel = np.asarray(relevant, dtype=np.int64)
     idx = np.arange(s.size)
-    return np.array([1 + np.sum((s > s[j]) | ((s == s[j]) & (idx < j))) for j in rel], dtype=np.int64)
+    tol = tie_tolerance(s.max()) if s.size else 0.0
+    return np.array(
+        [1 + np.sum((s > s[j] + tol) | ((np.abs(s - s[j]) <= tol) & (idx < j))) for j in rel], dtype=np.int64
+    )
 
 
 def spread(values: Sequence[float]) -> tuple[float, float]:
