@@ -43,6 +43,15 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
 
 
+def gather_ids(x: torch.Tensor) -> torch.Tensor:
+    """Gathers equal-sized 1-D id tensors (passage groups, qid hashes) from every rank, in rank order (no gradient)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def mean_across_workers(values: torch.Tensor) -> torch.Tensor:
     """Averages a tensor of metrics over workers (for logging only)."""
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:

@@ -107,5 +107,5 @@ def test_data_inspect_prints_strategy_stats(capsys):
     stats = json.loads(capsys.readouterr().out)
     hybrid = stats["strategies"]["hybrid"]
     assert 0.2 < hybrid["batch_types"]["mono"] < 0.4
-    assert all(s["duplicate_qids"] == 0 for s in stats["strategies"].values())
+    assert all(s["qid_duplicates"] == 0 for s in stats["strategies"].values())
     assert stats["strategies"]["cross"]["cross_pairs_with_same_language"] == 0

@@ -1,18 +1,19 @@
-"""The Ray Data pipeline: read grouped rows, tokenise every translation, hand tensors to Train.
+"""The Ray Data pipeline: read grouped rows, tokenise every translation once, hand blocks to Train.
 
 Reading runs as one Ray read task per unit (file, folder or qrels shard) that
-yields blocks as it goes, so the first batches reach training before the
-input is read whole. Tokenisation runs in ``map_batches`` and writes, per
-row, the token ids of the query and the passage in *every* training
-language. The train loop then picks, per pair, the languages that the step's
-plan (:mod:`hbt.data.strategies`) names, so the pipeline itself needs no step
-counter and stays a plain streaming map.
+yields blocks as it goes. Tokenisation runs in ``map_batches`` and writes, per
+row, the token ids of the query and the passage in *every* training language,
+plus the qid and passage-group hashes. The tokenised blocks are materialised
+once in the object store (:func:`materialize_train_table`); each Train worker
+maps them (zero-copy on its node) and takes the rows that the epoch's seeded
+global shuffle (:mod:`hbt.data.batches`) assigns to it, so tokenisation never
+repeats per epoch and the loop never waits on a stream. The loop then picks,
+per pair, the languages that the step's plan (:mod:`hbt.data.strategies`) names.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -27,7 +28,8 @@ from hbt.data.readers import (
     iter_xquad_dir,
     list_files,
 )
-from hbt.data.records import RecordGrouper, SkipLog, columns, passage_col, query_col
+from hbt.data.batches import canonical_order
+from hbt.data.records import DataError, RecordGrouper, SkipLog, columns, passage_col, query_col, stable_hash
 
 BLOCK_ROWS = 256
 
@@ -169,7 +171,7 @@ def build_text_dataset(cfg: HBTConfig, split: str = "train", ledger: Any = None)
 
 def qid_hash(qid: str) -> int:
     """A stable 63-bit hash of a question id (string columns cannot reach torch)."""
-    return int.from_bytes(hashlib.blake2b(qid.encode(), digest_size=8).digest(), "little") >> 1
+    return stable_hash(qid)
 
 
 @functools.lru_cache(maxsize=4)
@@ -191,13 +193,17 @@ def tokenize_rows(
     """``map_batches`` function: token ids of every translation, padded per column.
 
     Returns:
-        ``qid_hash`` (n,), ``q_ids`` (n, L, Tq), ``q_len`` (n, L), ``p_ids``
-        (n, L, Tp), ``p_len`` (n, L): int32 arrays, L = len(languages),
-        padded with the tokenizer's pad id. The loop trims padding per batch.
+        ``qid_hash`` (n,), ``group_hash`` (n,) int64; ``q_ids`` (n, L, Tq),
+        ``q_len`` (n, L), ``p_ids`` (n, L, Tp), ``p_len`` (n, L): int32 arrays,
+        L = len(languages), padded with the tokenizer's pad id. The loop trims
+        padding per batch.
     """
     tok = _tokenizer(model_dir)
     n = len(batch["qid"])
-    out: dict[str, np.ndarray] = {"qid_hash": np.array([qid_hash(str(q)) for q in batch["qid"]], dtype=np.int64)}
+    out: dict[str, np.ndarray] = {
+        "qid_hash": np.array([stable_hash(str(q)) for q in batch["qid"]], dtype=np.int64),
+        "group_hash": np.array([stable_hash(str(g)) for g in batch["passage_group"]], dtype=np.int64),
+    }
     for side, prefix, max_len, col in (
         ("q", query_prefix, max_query_length, query_col),
         ("p", passage_prefix, max_passage_length, passage_col),
@@ -241,23 +247,58 @@ def build_train_dataset(cfg: HBTConfig, model_dir: str, query_prefix: str, passa
     )
 
 
+def materialize_train_table(ds) -> list[Any]:
+    """Runs the read + tokenise pipeline once and keeps its blocks in the object store.
+
+    Returns:
+        Object refs of the blocks as ``dict[str, np.ndarray]`` (what
+        :func:`fetch_train_table` reads on a worker).
+    """
+    return ds.to_numpy_refs()
+
+
+def fetch_train_table(refs: list[Any]) -> dict[str, np.ndarray]:
+    """The tokenised training rows in canonical order (by qid hash), from :func:`materialize_train_table`'s refs.
+
+    Raises:
+        DataError: the same question id reached the table twice (two files, or two read tasks).
+    """
+    import ray
+
+    blocks = [b for b in ray.get(list(refs)) if len(b["qid_hash"])]
+    if not blocks:
+        raise DataError("training data", "empty: no training rows were read")
+    table = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    order = canonical_order(table["qid_hash"])
+    table = {k: v[order] for k, v in table.items()}
+    dup = np.flatnonzero(np.diff(table["qid_hash"]) == 0)
+    if dup.size:
+        raise DataError("training data", f"duplicate id: {dup.size} question id(s) appear in more than one file or "
+                                         "read task; every qid must be unique across the whole data set")
+    return table
+
+
 def assemble_pairs(batch: dict[str, Any], q_lang: Any, p_lang: Any) -> dict[str, Any]:
     """Picks each row's query and passage language and trims padding.
 
     Args:
-        batch: a torch batch from ``iter_torch_batches`` (``q_ids``, ``q_len``, ...).
+        batch: rows of the tokenised table (``q_ids``, ``q_len``, ...; numpy or torch).
         q_lang, p_lang: per row, the language index for the query and the passage.
 
     Returns:
         ``q_input_ids``, ``q_attention_mask``, ``p_input_ids``,
-        ``p_attention_mask`` (int64, dynamically padded) and ``qid_hash``.
+        ``p_attention_mask`` (int64, dynamically padded), ``qid_hash`` and
+        ``group_hash`` (int64; the loss masks candidates of a row's own group).
     """
     import torch
 
+    batch = {k: torch.as_tensor(v) for k, v in batch.items()}
     rows = torch.arange(batch["q_ids"].shape[0])
     q_lang = torch.as_tensor(q_lang, dtype=torch.long)
     p_lang = torch.as_tensor(p_lang, dtype=torch.long)
     out = {"qid_hash": batch["qid_hash"]}
+    if "group_hash" in batch:
+        out["group_hash"] = batch["group_hash"]
     for side, lang in (("q", q_lang), ("p", p_lang)):
         ids = batch[f"{side}_ids"][rows, lang]
         lens = batch[f"{side}_len"][rows, lang]

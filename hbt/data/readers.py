@@ -24,7 +24,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from hbt.data.records import DataError, RecordGrouper
+from hbt.data.records import DataError, RecordGrouper, stable_hash
+from hbt.data.squad import answer_sentence_index, parse_squad, passage_group  # noqa: F401  (answer_sentence_index re-exported)
 
 # ---------------------------------------------------------------- filesystem
 
@@ -99,13 +100,18 @@ def list_files(path: str, suffixes: tuple[str, ...]) -> list[str]:
 
 @dataclass
 class SquadQuestion:
-    """One question of a SQuAD-format file with its positive passage."""
+    """One question of a SQuAD-format file with its positive passage.
+
+    Attributes:
+        group: the passage group of the answer sentence (:func:`hbt.data.squad.passage_group`).
+    """
 
     qid: str
     article: str
     query: str
     passage: str
     answer_crosses_sentence: bool
+    group: str = ""
 
 
 @dataclass
@@ -118,72 +124,25 @@ class ArticleSplit:
     questions: dict[str, int] = field(default_factory=dict)
 
 
-def answer_sentence_index(breaks: list[list[int]], answer_start: int) -> int | None:
-    """Index of the sentence span ``[start, end)`` holding ``answer_start``, or None."""
-    for i, (s, e) in enumerate(breaks):
-        if s <= answer_start < e:
-            return i
-    return None
-
-
 def iter_squad_file(path: str, lang: str, grouper: RecordGrouper) -> Iterator[SquadQuestion]:
-    """Yields the questions of one SQuAD-format JSON file.
+    """Yields the questions of one SQuAD-format JSON file (parsed by :func:`hbt.data.squad.parse_squad`).
 
     The positive passage is the sentence holding the first answer's
     ``answer_start`` when the paragraph carries ``sentences`` and
-    ``sentence_breaks`` (XQuAD-R, MLQA-R), else the paragraph.
+    ``sentence_breaks`` (XQuAD-R, MLQA-R), else the paragraph, whose span must
+    then hold ``answer_start``.
 
     Raises:
-        DataError: malformed JSON, a missing field, an empty text, or an
-            answer outside every sentence (named by file and question id).
+        DataError: malformed JSON, a missing field, an empty text, a duplicate
+            id, or an answer outside every sentence (named by file and item);
+            with ``on_bad_record: skip`` item errors are counted instead.
     """
-    raw = read_bytes(path)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 at byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
-    articles = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(articles, list):
-        raise DataError(path, "missing field: 'data' (a list of articles)")
-    for ai, art in enumerate(articles):
-        title = art.get("title", f"article-{ai}")
-        for pi, para in enumerate(art.get("paragraphs") or []):
-            where_p = f"{path} [article {title!r}, paragraph {pi}]"
-            context = para.get("context")
-            sentences, breaks = para.get("sentences"), para.get("sentence_breaks")
-            for qa in para.get("qas") or []:
-                qid = qa.get("id")
-                where = f"{path} [question {qid!r}]" if qid else where_p
-                if not qid:
-                    grouper.bad(where, "missing field: 'id'")
-                    continue
-                question = grouper.check_text(qa.get("question"), "question", where)
-                if question is None:
-                    continue
-                answers = qa.get("answers") or []
-                if not answers or not isinstance(answers[0].get("answer_start"), int):
-                    grouper.bad(where, "missing field: 'answers[0].answer_start'")
-                    continue
-                start = answers[0]["answer_start"]
-                text = answers[0].get("text", "")
-                if sentences is not None and breaks is not None:
-                    si = answer_sentence_index(breaks, start)
-                    if si is None or si >= len(sentences):
-                        grouper.bad(where, f"answer outside every sentence: answer_start {start}")
-                        continue
-                    passage = sentences[si]
-                    # 'Wholly inside' is judged on the sentence text: the data's
-                    # sentence strings can be trimmed relative to their break span.
-                    crosses = text not in passage
-                else:
-                    if grouper.check_text(context, "context", where_p) is None:
-                        continue
-                    passage, crosses = context, False
-                if grouper.check_text(passage, "passage", where) is None:
-                    continue
-                yield SquadQuestion(qid, title, question, passage, crosses)
+    articles = parse_squad(read_bytes(path), path, "context", on_bad=lambda e: grouper.bad(e.where, e.reason))
+    for art in articles:
+        for p_i, par in enumerate(art.paragraphs):
+            for qa in par.qas:
+                yield SquadQuestion(qa.qid, art.title, qa.question, par.sentences[qa.sentence],
+                                    qa.answer_crosses_sentence, passage_group(art.title, p_i, qa.sentence))
 
 
 def split_articles(titles: list[str], heldout: list[str], dev: list[str]) -> ArticleSplit:
@@ -223,29 +182,66 @@ def iter_xquad_dir(
     by_qid: dict[str, dict[str, tuple[str, str]]] = {}
     first_seen: dict[str, str] = {}
     article_of: dict[str, str] = {}
+    groups = _GroupUnion()
     titles: list[str] = []
     for lang in grouper.languages:
         fpath = f"{path.rstrip('/')}/{lang}.json"
-        seen: set[str] = set()
-        for q in iter_squad_file(fpath, lang, grouper):
-            if q.qid in seen:
-                grouper.bad(f"{fpath} [question {q.qid!r}]", f"duplicate id: {q.qid!r} appears twice")
-                continue
-            seen.add(q.qid)
+        for q in iter_squad_file(fpath, lang, grouper):  # the parser rejects duplicate ids
             if q.qid not in article_of:
                 article_of[q.qid] = q.article
                 first_seen[q.qid] = f"{fpath} [question {q.qid!r}]"
                 if q.article not in titles:
                     titles.append(q.article)
+            groups.add(q.qid, lang, q.group)
             by_qid.setdefault(q.qid, {})[lang] = (q.query, q.passage)
+    group_of = groups.resolve()
     sp = split_articles(titles, heldout_articles or [], dev_articles or [])
     keep = set({"train": sp.train, "dev": sp.dev, "test": sp.test, "all": titles}[split])
     for qid, texts in by_qid.items():
         if article_of[qid] not in keep:
             continue
-        row = grouper.finish(qid, texts, first_seen[qid])
+        row = grouper.finish(qid, texts, first_seen[qid], group=group_of[qid], article=article_of[qid])
         if row is not None:
             yield row
+
+
+class _GroupUnion:
+    """Passage groups of an XQuAD folder: questions whose answer sentence is one sentence in *any* language.
+
+    Translations are segmented differently now and then (two English answer
+    sentences can be one Chinese sentence), so a group taken from one language
+    alone would let a translation of the positive act as a negative in another.
+    The groups are the connected components of "shares an answer sentence in
+    some language", named by the smallest first-language position in them.
+    """
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.owner: dict[tuple[str, str], str] = {}  # (lang, position) -> a qid holding it
+        self.name: dict[str, str] = {}  # qid -> its first-seen (first language) position
+
+    def _find(self, q: str) -> str:
+        while self.parent[q] != q:
+            self.parent[q] = self.parent[self.parent[q]]
+            q = self.parent[q]
+        return q
+
+    def add(self, qid: str, lang: str, position: str) -> None:
+        if qid not in self.parent:
+            self.parent[qid] = qid
+            self.name[qid] = position
+        other = self.owner.setdefault((lang, position), qid)
+        a, b = self._find(qid), self._find(other)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+    def resolve(self) -> dict[str, str]:
+        """qid -> group id."""
+        comp_name: dict[str, str] = {}
+        for q, pos in self.name.items():
+            root = self._find(q)
+            comp_name[root] = min(comp_name.get(root, pos), pos)
+        return {q: comp_name[self._find(q)] for q in self.name}
 
 
 def xquad_split(path: str, languages: list[str], heldout: list[str], dev: list[str]) -> ArticleSplit:
@@ -269,11 +265,18 @@ def xquad_split(path: str, languages: list[str], heldout: list[str], dev: list[s
 def _grouped_contiguous(
     records: Iterator[tuple[str, dict[str, Any]]], grouper: RecordGrouper, path: str
 ) -> Iterator[dict[str, str]]:
-    """Groups contiguous ``(where, {qid, lang, query, passage})`` records by qid."""
+    """Groups contiguous ``(where, {qid, lang, query, passage[, passage_id]})`` records by qid.
+
+    ``passage_id`` (optional, but then on every row of the file) names the
+    positive's passage group; a qid's rows must agree on it. Without it the
+    group is the qid.
+    """
     done: set[str] = set()
     cur_qid: str | None = None
     cur: dict[str, tuple[str, str]] = {}
     cur_where = ""
+    cur_group: str | None = None
+    pids = PassageIds(path)
 
     def flush():
         if cur_qid is None:
@@ -282,7 +285,7 @@ def _grouped_contiguous(
             # Its other records are dropped with it: count that too, nothing goes silently.
             grouper.bad(cur_where, f"dropped group: qid {cur_qid!r} had a bad record")
             return None
-        return grouper.finish(cur_qid, cur, cur_where)
+        return grouper.finish(cur_qid, cur, cur_where, group=cur_group)
 
     bad_qids: set[str] = set()
     for where, rec in records:
@@ -300,7 +303,14 @@ def _grouped_contiguous(
                 cur_qid, cur = None, {}
                 continue
             done.add(qid)
-            cur_qid, cur, cur_where = qid, {}, where
+            cur_qid, cur, cur_where, cur_group = qid, {}, where, None
+        group = pids.check(rec, where)
+        if cur_group is None:
+            cur_group = group
+        elif group != cur_group:
+            grouper.bad(where, f"inconsistent field: qid {qid!r} has passage_id {group!r} here but {cur_group!r} before")
+            bad_qids.add(qid)
+            continue
         lang = grouper.check_lang(rec.get("lang"), where)
         query = grouper.check_text(rec.get("query"), "query", where)
         passage = grouper.check_text(rec.get("passage"), "passage", where)
@@ -316,6 +326,37 @@ def _grouped_contiguous(
     row = flush()
     if row is not None:
         yield row
+
+
+class PassageIds:
+    """Checks that the optional ``passage_id`` field is on every row of a file or on none.
+
+    A file that gives it on some rows only would silently mix two meanings of
+    a passage group (the passage, or the qid), so that is an error naming the line.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.present: bool | None = None
+        self.first_where = ""
+
+    def check(self, rec: dict[str, Any], where: str) -> str | None:
+        """The record's passage id (``None`` when the file has none).
+
+        Raises:
+            DataError: the field's presence differs from the file's first row (always an error:
+                the file itself is inconsistent, not one record).
+        """
+        pid = rec.get("passage_id")
+        has = pid is not None and pid != ""
+        if self.present is None:
+            self.present, self.first_where = has, where
+        elif has != self.present:
+            state = "present" if has else "missing"
+            first = "present" if self.present else "missing"
+            raise DataError(where, f"inconsistent field: 'passage_id' is {state} here but {first} on the file's "
+                                   f"first row ({self.first_where}); give it on every row or on none")
+        return str(pid) if has else None
 
 
 def _json_records(path: str, grouper: RecordGrouper) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -352,7 +393,8 @@ def iter_long_parquet(path: str, grouper: RecordGrouper) -> Iterator[dict[str, s
             if missing:
                 raise DataError(path, f"missing field(s): {sorted(missing)} (columns: {pf.schema_arrow.names})")
             n = 0
-            for batch in pf.iter_batches(batch_size=4096, columns=["qid", "lang", "query", "passage"]):
+            cols = ["qid", "lang", "query", "passage"] + (["passage_id"] if "passage_id" in pf.schema_arrow.names else [])
+            for batch in pf.iter_batches(batch_size=4096, columns=cols):
                 for rec in batch.to_pylist():
                     n += 1
                     yield f"{path}:row {n}", rec
@@ -363,7 +405,9 @@ def iter_long_parquet(path: str, grouper: RecordGrouper) -> Iterator[dict[str, s
 def iter_grouped_jsonl(path: str, grouper: RecordGrouper) -> Iterator[dict[str, str]]:
     """Grouped rows from ``{qid, translations: {lang: {query, passage}}}`` lines."""
     seen: set[str] = set()
+    pids = PassageIds(path)
     for where, rec in _json_records(path, grouper):
+        group = pids.check(rec, where)
         qid = rec.get("qid")
         if not qid:
             grouper.bad(where, "missing field: 'qid'")
@@ -396,7 +440,7 @@ def iter_grouped_jsonl(path: str, grouper: RecordGrouper) -> Iterator[dict[str, 
                 texts[lang] = (q, p)
         if not ok:
             continue
-        row = grouper.finish(qid, texts, where)
+        row = grouper.finish(qid, texts, where, group=group)
         if row is not None:
             yield row
 
@@ -423,7 +467,11 @@ def _read_tsv_ids(path: str, wanted: set[str], grouper: RecordGrouper) -> dict[s
 
 
 def iter_mmarco(path: str, grouper: RecordGrouper, shard: int = 0, num_shards: int = 1) -> Iterator[dict[str, str]]:
-    """Grouped rows from an mMARCO-layout folder, for the qrels lines ``i % num_shards == shard``.
+    """Grouped rows from an mMARCO-layout folder, for the qids with ``stable_hash(qid) % num_shards == shard``.
+
+    Sharding by a hash of the qid (not by qrels line) keeps every qrels line of
+    a multi-positive query in one read task, so no qid reaches two tasks. The
+    passage group is the positive's pid.
 
     Each shard scans the per-language files for just its own ids, so shards
     run as independent read tasks and no process holds the whole collection.
@@ -431,9 +479,11 @@ def iter_mmarco(path: str, grouper: RecordGrouper, shard: int = 0, num_shards: i
     root = path.rstrip("/")
     pairs: list[tuple[str, str, str]] = []
     for lineno, line in iter_lines(f"{root}/qrels.tsv"):
-        if not line.strip() or (lineno - 1) % num_shards != shard:
+        if not line.strip():
             continue
         parts = line.split()
+        if parts and num_shards > 1 and stable_hash(parts[0]) % num_shards != shard:
+            continue
         where = f"{root}/qrels.tsv:{lineno}"
         if len(parts) == 4:
             qid, pid = parts[0], parts[2]
@@ -457,6 +507,6 @@ def iter_mmarco(path: str, grouper: RecordGrouper, shard: int = 0, num_shards: i
             q, p = queries[lang].get(qid), passages[lang].get(pid)
             if q is not None and p is not None and q.strip() and p.strip():
                 texts[lang] = (q, p)
-        row = grouper.finish(qid, texts, where)
+        row = grouper.finish(qid, texts, where, group=pid)
         if row is not None:
             yield row

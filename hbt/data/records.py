@@ -1,14 +1,19 @@
 """The training record schema and bad-record handling.
 
 The streaming unit is one row per question id carrying all its translations:
-``{"qid": str, "q_<lang>": str, "p_<lang>": str, ...}`` for every configured
-language, in a fixed column set. Rows are therefore self-contained: a worker
+``{"qid": str, "passage_group": str, "article": str, "q_<lang>": str, "p_<lang>": str, ...}``
+for every configured language, in a fixed column set. ``passage_group`` is
+shared by a positive passage and all its translations (the loss masks
+candidates of the row's own group); ``article`` names the source article or
+context where the format knows it, else ``""``. Rows are therefore self-contained: a worker
 can build a monolingual or a cross-lingual pair from any row without a
 central sampler, and data-parallel shards are disjoint in question ids.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -23,6 +28,20 @@ class DataError(ValueError):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
+
+
+class ItemError(DataError):
+    """A bad file or item in it (benchmark files, SQuAD documents): names the file and the item.
+
+    Attributes:
+        file: the offending file (or directory).
+        item: the offending item (question id, article, line number), if any.
+    """
+
+    def __init__(self, file: str | os.PathLike, message: str, item: str | None = None) -> None:
+        super().__init__(str(file) + (f" [{item}]" if item else ""), message)
+        self.file = str(file)
+        self.item = item
 
 
 def query_col(lang: str) -> str:
@@ -64,6 +83,11 @@ class SkipLog:
         for reason, n in self.counts.items():
             out[f"data/skipped/{_slug(reason)}"] = float(n)
         return out
+
+
+def stable_hash(text: str) -> int:
+    """A stable 63-bit hash (ids as int64 tensors; shard assignment): blake2b, not Python's salted ``hash``."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def _slug(s: str) -> str:
@@ -118,13 +142,16 @@ class RecordGrouper:
         """Whether ``lang`` is a configured training language (others are ignored, not bad)."""
         return lang in self._wanted
 
-    def finish(self, qid: str, texts: dict[str, tuple[str, str]], where: str) -> dict[str, str] | None:
+    def finish(self, qid: str, texts: dict[str, tuple[str, str]], where: str, group: str | None = None,
+               article: str = "") -> dict[str, str] | None:
         """Turns one qid's translations into a grouped row, or reports it as bad.
 
         Args:
             qid: the question id.
             texts: lang -> (query, passage) for the configured languages found.
             where: file and line of the qid's first record.
+            group: the positive passage's group (default: the qid, i.e. a passage of its own).
+            article: the source article or context, ``""`` when unknown.
         """
         missing = [lang for lang in self.languages if lang not in texts]
         if missing:
@@ -133,7 +160,7 @@ class RecordGrouper:
             else:
                 self.bad(where, f"missing languages: qid {qid!r} lacks {missing} of the configured languages")
             return None
-        row = {"qid": qid}
+        row = {"qid": qid, "passage_group": group if group is not None else qid, "article": article}
         for lang in self.languages:
             q, p = texts[lang]
             row[query_col(lang)] = q
@@ -143,7 +170,7 @@ class RecordGrouper:
 
 def columns(languages: Iterable[str]) -> list[str]:
     """The grouped row's columns in order."""
-    cols = ["qid"]
+    cols = ["qid", "passage_group", "article"]
     for lang in languages:
         cols += [query_col(lang), passage_col(lang)]
     return cols

@@ -21,7 +21,9 @@ import numpy as np
 
 from hbt.config import BatchingConfig
 
-MONO, CROSS, MIXED_MONO, SINGLE = "mono", "cross", "mixed_mono", "single"
+MONO, CROSS, MIXED_MONO, SINGLE, HYBRID = "mono", "cross", "mixed_mono", "single", "hybrid"
+# The batching.strategy names, in the order reports list them.
+STRATEGIES = (MONO, MIXED_MONO, CROSS, HYBRID, SINGLE)
 
 
 @dataclass(frozen=True)

@@ -28,93 +28,14 @@ from typing import Any, Iterable
 import numpy as np
 
 from hbt.config import MLQA_R_LANGUAGES, XQUAD_R_LANGUAGES
+from hbt.data.records import ItemError
+from hbt.data.sentences import split_sentences  # noqa: F401  (re-exported: benchmarks' public API)
+from hbt.data.squad import SquadArticle, parse_squad, require_field
 
 
-class BenchmarkError(ValueError):
-    """A benchmark file that cannot be used; the message names the file and the item.
-
-    Attributes:
-        file: the offending file (or directory).
-        item: the offending item (question id, article, line number), if any.
-    """
-
-    def __init__(self, file: str | os.PathLike, message: str, item: str | None = None) -> None:
-        self.file = str(file)
-        self.item = item
-        where = self.file + (f" [{item}]" if item else "")
-        super().__init__(f"{where}: {message}")
-
-
-# ---------------------------------------------------------------------------
-# Sentence splitting (for MLQA's original files, which carry no sentence breaks)
-# ---------------------------------------------------------------------------
-
-# Terminators that end a sentence even with no space after them (CJK, Devanagari,
-# Arabic/Urdu): these scripts do not put a space between sentences.
-_HARD_TERMINATORS = "。！？｡।॥؟۔"
-# Terminators that need whitespace after them, so "3.5", "U.S." or "Yahoo!Inc"
-# do not split.
-_SOFT_TERMINATORS = ".!?…"
-# Closing quotes and brackets stay with the sentence they close.
-_CLOSERS = "\"'”’»」』）)]】›"
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """Splits text into sentences with a small rule-based splitter.
-
-    Rules: break after a run of CJK/Devanagari/Arabic terminators (``。！？।॥؟۔``)
-    and any closing quotes/brackets; break after ``. ! ? …`` (and closers) only
-    when whitespace follows and the next word does not start lower-case, and
-    not after an initial ("J. Smith") or a title abbreviation ("Dr. Smith").
-
-    Args:
-        text: a paragraph.
-
-    Returns:
-        Contiguous ``[start, end)`` character spans that cover the whole text:
-        a span runs to the start of the next sentence, so the whitespace
-        between sentences belongs to the sentence before it and every
-        character offset (an ``answer_start``) falls in exactly one span.
-    """
-    starts = [0]
-    n = len(text)
-    i = 0
-    while i < n:
-        c = text[i]
-        if c in _HARD_TERMINATORS or c in _SOFT_TERMINATORS:
-            hard = c in _HARD_TERMINATORS
-            j = i + 1
-            while j < n and (text[j] in _HARD_TERMINATORS or text[j] in _SOFT_TERMINATORS or text[j] in _CLOSERS):
-                hard = hard or text[j] in _HARD_TERMINATORS
-                j += 1
-            k = j
-            while k < n and text[k].isspace():
-                k += 1
-            if k >= n:
-                break
-            if hard:
-                starts.append(k)
-            elif k > j and not text[k].islower() and not _abbreviation_before(text, i):
-                starts.append(k)
-            i = j
-        else:
-            i += 1
-    ends = starts[1:] + [n]
-    return [(s, e) for s, e in zip(starts, ends) if text[s:e].strip()]
-
-
-# Title abbreviations that precede a name ("Dr. Smith"), not a sentence break.
-_ABBREVIATIONS = {"Dr", "Mr", "Mrs", "Ms", "Prof", "St", "Jr", "Sr", "Nr", "Hr", "Fr", "vs", "ca", "bzw", "Sra"}
-
-
-def _abbreviation_before(text: str, i: int) -> bool:
-    """True when the word ending at ``i`` (a '.') is an initial or a title abbreviation, not a sentence end."""
-    if text[i] != ".":
-        return False
-    j = i
-    while j > 0 and text[j - 1].isalpha():
-        j -= 1
-    return i - j == 1 or text[j:i] in _ABBREVIATIONS
+# Every benchmark-file error names the file and the item; one class with the
+# training readers' errors (hbt.data.records.DataError), so the CLI treats them alike.
+BenchmarkError = ItemError
 
 
 # ---------------------------------------------------------------------------
@@ -183,113 +104,22 @@ class QABenchmark:
         return np.array(sorted(ans[lang] for lang in langs if lang in ans), dtype=np.int64)
 
 
-@dataclass
-class _Paragraph:
-    sentences: list[str]
-    breaks: list[tuple[int, int]]
-    qas: list[tuple[str, str, int]]  # (qid, question, answer sentence index)
-
-
-@dataclass
-class _Article:
-    title: str
-    paragraphs: list[_Paragraph]
-
-    def qids(self) -> set[str]:
-        return {q[0] for p in self.paragraphs for q in p.qas}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise BenchmarkError(path, f"not UTF-8: {e}") from None
-
-
-def _field(obj: Any, key: str, path: Path, item: str, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(obj, dict):
-        raise BenchmarkError(path, f"expected an object, got {type(obj).__name__}", item)
-    if key not in obj:
-        raise BenchmarkError(path, f"missing field {key!r}", item)
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise BenchmarkError(path, f"field {key!r} should be {want}, got {type(value).__name__}", item)
-    return value
-
-
-def parse_squad_file(path: str | os.PathLike, split_when_missing: bool = False) -> list[_Article]:
-    """Parses a SQuAD-format file with per-paragraph sentences into articles.
+def parse_squad_file(path: str | os.PathLike, split_when_missing: bool = False) -> list[SquadArticle]:
+    """Parses a SQuAD-format benchmark file with :func:`hbt.data.squad.parse_squad` (the training reader's parser).
 
     Args:
-        path: the JSON file (XQuAD-R / MLQA-R layout: ``data[].paragraphs[]``
-            with ``context``, ``qas``, ``sentences``, ``sentence_breaks``).
+        path: the JSON file (XQuAD-R / MLQA-R layout).
         split_when_missing: paragraphs without ``sentences`` are split with
-            :func:`split_sentences` (MLQA's original files) instead of failing.
-
-    Returns:
-        The articles in file order, each question resolved to the index of the
-        sentence that holds its ``answer_start``.
+            :func:`~hbt.data.sentences.split_sentences` (MLQA's original files) instead of failing.
 
     Raises:
-        BenchmarkError: malformed JSON, a missing or mistyped field, a duplicate
-            question id, or an ``answer_start`` outside every sentence.
+        BenchmarkError: anything :func:`~hbt.data.squad.parse_squad` rejects, or an unreadable file.
     """
-    path = Path(path)
-    doc = _read_json(path)
-    data = _field(doc, "data", path, "top level", list)
-    seen: set[str] = set()
-    articles = []
-    for a_i, art in enumerate(data):
-        a_item = f"article {a_i}"
-        title = _field(art, "title", path, a_item, str)
-        a_item = f"article {title!r}"
-        paras = []
-        for p_i, par in enumerate(_field(art, "paragraphs", path, a_item, list)):
-            p_item = f"{a_item} paragraph {p_i}"
-            qas = _field(par, "qas", path, p_item, list)
-            if split_when_missing and isinstance(par, dict) and "sentences" not in par:
-                context = _field(par, "context", path, p_item, str)
-                breaks = split_sentences(context)
-                sentences = [context[s:e].strip() for s, e in breaks]
-            else:
-                sentences = _field(par, "sentences", path, p_item, list)
-                raw_breaks = _field(par, "sentence_breaks", path, p_item, list)
-                breaks = []
-                for b in raw_breaks:
-                    if not (isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) for x in b)):
-                        raise BenchmarkError(path, f"sentence_breaks entry {b!r} is not a [start, end) pair", p_item)
-                    breaks.append((b[0], b[1]))
-                if len(breaks) != len(sentences):
-                    raise BenchmarkError(
-                        path, f"{len(sentences)} sentences but {len(breaks)} sentence_breaks", p_item
-                    )
-                if not all(isinstance(s, str) for s in sentences):
-                    raise BenchmarkError(path, "sentences must be strings", p_item)
-            resolved = []
-            for q_i, qa in enumerate(qas):
-                qid = _field(qa, "id", path, f"{p_item} question {q_i}", str)
-                q_item = f"question {qid}"
-                question = _field(qa, "question", path, q_item, str)
-                answers = _field(qa, "answers", path, q_item, list)
-                if not answers:
-                    raise BenchmarkError(path, "no answers", q_item)
-                start = _field(answers[0], "answer_start", path, q_item, int)
-                # The answer *text* may run past a sentence break (a few per
-                # language in XQuAD-R); its start decides the answer sentence.
-                sent = next((k for k, (b, e) in enumerate(breaks) if b <= start < e), None)
-                if sent is None:
-                    raise BenchmarkError(path, f"answer_start {start} lies outside every sentence", q_item)
-                if qid in seen:
-                    raise BenchmarkError(path, "duplicate question id", q_item)
-                seen.add(qid)
-                resolved.append((qid, question, sent))
-            paras.append(_Paragraph(sentences, breaks, resolved))
-        articles.append(_Article(title, paras))
-    return articles
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise BenchmarkError(path, f"cannot read: {e.strerror}") from None
+    return parse_squad(raw, str(path), "split" if split_when_missing else "require")
 
 
 def _lang_files(path: Path, name: str, languages: list[str], known: list[str]) -> dict[str, Path]:
@@ -307,7 +137,7 @@ def _lang_files(path: Path, name: str, languages: list[str], known: list[str]) -
     return files
 
 
-def _article_keys(lang: str, arts: list[_Article], ref: list[_Article] | None, path: Path) -> list[str]:
+def _article_keys(lang: str, arts: list[SquadArticle], ref: list[SquadArticle] | None, path: Path) -> list[str]:
     """Keys articles by the English title.
 
     XQuAD-R's files share titles across languages (checked on the data), but
@@ -347,7 +177,7 @@ def _pool_of_question_paragraphs(
 
 def _build_qa(
     name: str,
-    per_lang: dict[str, list[_Article]],
+    per_lang: dict[str, list[SquadArticle]],
     keys: dict[str, list[str]],
     articles: list[str] | None,
     max_questions: int | None,
@@ -378,9 +208,9 @@ def _build_qa(
                     cand_langs.append(lang)
                     cand_texts.append(s)
                     cand_keys.append(f"{lang}/{a_i}/{p_i}/{s_i}")
-                for qid, question, sent in par.qas:
-                    answers.setdefault(qid, {})[lang] = base + sent
-                    questions.setdefault(qid, {})[lang] = question
+                for qa in par.qas:
+                    answers.setdefault(qa.qid, {})[lang] = base + qa.sentence
+                    questions.setdefault(qa.qid, {})[lang] = qa.question
     qids = sorted(answers)
     if max_questions is not None:
         # Deterministic cap: the first N question ids in sorted order.
@@ -456,7 +286,7 @@ def load_mlqa_r(
 
     MLQA's original ``{dev|test}-context-{c}-question-{q}.json`` files carry no
     sentence breaks; the same-language files (``c == q``) are read and their
-    contexts split with :func:`split_sentences`. The mixed-language files hold
+    contexts split with :func:`~hbt.data.sentences.split_sentences`. The mixed-language files hold
     the same questions and contexts and are not needed.
 
     Args:
@@ -694,8 +524,8 @@ def load_miracl(
                     except json.JSONDecodeError as e:
                         raise BenchmarkError(f, f"malformed JSON: {e.msg}", f"line {i + 1}") from None
                     item = f"line {i + 1}"
-                    docid = _field(doc, "docid", f, item, str)
-                    text = _field(doc, "text", f, item, str)
+                    docid = require_field(doc, "docid", f, item, str)
+                    text = require_field(doc, "text", f, item, str)
                     title = doc.get("title", "") or ""
                     if docid in seen:
                         raise BenchmarkError(f, f"duplicate docid {docid!r}", item)

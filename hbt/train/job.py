@@ -34,23 +34,25 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
                   callbacks: list | None = None):
     """The ``TorchTrainer`` for one training run (datasets attached, not yet fitted)."""
     import ray.train
-    from ray.data import ExecutionOptions
+    from ray.data import DataContext
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hbt.data.pipeline import build_train_dataset, make_skip_ledger
+    from hbt.data.pipeline import build_train_dataset, make_skip_ledger, materialize_train_table
     from hbt.train.loop import train_loop_per_worker
 
     ledger = make_skip_ledger()
     q_prefix, p_prefix = prefixes(cfg, model_dir)
-    ds = build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger)
+    # data.max_questions keeps the first N rows of the stream: fix the order so it is the same N every time.
+    DataContext.get_current().execution_options.preserve_order = True
+    t0 = time.perf_counter()
+    # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
+    # store for every epoch, restart and worker (hbt.data.pipeline).
+    table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
+    print(f"[hbt] training data read and tokenised in {time.perf_counter() - t0:.1f}s ({len(table)} blocks)", flush=True)
     storage = cfg.ray.storage_path or str((Path(cfg.output_dir) / "ray_results").resolve())
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_worker
-    exec_opts = ExecutionOptions()
-    # The same seed must replay the same stream after a restart (resume, fault
-    # recovery), so order is fixed rather than left to task completion order.
-    exec_opts.preserve_order = True
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -60,6 +62,7 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
             "mlflow_run_id": mlflow_run_id,
             "mlflow_uri": tracking_uri(cfg),
             "ledger": ledger,
+            "train_table": table,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -72,8 +75,6 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": ds},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=exec_opts),
     )
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from hbt.config import HBTConfig, config_from_dict, dump_config
-from hbt.data.pipeline import assemble_pairs
+from hbt.data.batches import GlobalBatches
+from hbt.data.pipeline import assemble_pairs, fetch_train_table
 from hbt.data.strategies import plan_step
 from hbt.distributed import mean_across_workers
 from hbt.model.encoder import load_encoder
@@ -237,7 +238,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         dev_eval = DevEvaluator(cfg)
 
-    shard = ray.train.get_dataset_shard("train")
+    table = fetch_train_table(config["train_table"])
+    batches = GlobalBatches(len(table["qid_hash"]), cfg.batching.global_batch_size, cfg.batching.seed, cfg.data.shuffle)
+    if rank == 0 and state.step == 0:
+        print(f"[hbt] {batches.num_rows} training rows, {batches.steps_per_epoch} global batches per epoch "
+              f"(seeded global shuffle: {cfg.data.shuffle})", flush=True)
     langs = list(cfg.data.languages)
     meter = _Meter()
     last: dict[str, float] = {}
@@ -252,79 +257,64 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         engine.step()
 
     while state.step < cfg.train.max_steps:
-        it = iter(shard.iter_torch_batches(
-            batch_size=local_b, drop_last=True, dtypes=None,
-            local_shuffle_buffer_size=4 * local_b if cfg.data.shuffle else None,
-            local_shuffle_seed=(cfg.batching.seed * 1_000_003 + state.epoch * 101 + rank) if cfg.data.shuffle else None,
-        ))
-        batches_this_epoch = 0
-        while state.step < cfg.train.max_steps:
-            t_wait = time.perf_counter()
-            batch = next(it, None)
-            meter.wait += time.perf_counter() - t_wait
-            if batch is None:
-                break
-            batches_this_epoch += 1
-            if batches_this_epoch <= state.batch_in_epoch:
-                continue  # replaying the stream up to where the checkpoint left it
-            # Dropout masks depend only on (seed, step, rank), so a resumed run
-            # draws what the uninterrupted run would have drawn.
-            torch.manual_seed((cfg.batching.seed * 1_000_003 + state.step) * 64 + rank)
-            plan = plan_step(cfg.batching, langs, state.epoch, state.step, cfg.data.language_weights).slice(rank, world)
-            pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
-            if len(set(pairs["qid_hash"].tolist())) != local_b:
-                raise RuntimeError(f"duplicate question ids in one batch at step {state.step}: the data holds duplicate qids")
-            pairs = {k: v.to(device) for k, v in pairs.items() if k != "qid_hash"}
+        if state.batch_in_epoch >= batches.steps_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        t_wait = time.perf_counter()
+        # Every worker derives the epoch's permutation from (seed, epoch), so a resumed
+        # run continues at (epoch, batch_in_epoch) with exactly the rows it would have had.
+        rows = batches.worker_rows(state.epoch, state.batch_in_epoch, rank, world)
+        batch = {k: v[rows] for k, v in table.items()}
+        # Dropout masks depend only on (seed, step, rank), so a resumed run
+        # draws what the uninterrupted run would have drawn.
+        torch.manual_seed((cfg.batching.seed * 1_000_003 + state.step) * 64 + rank)
+        plan = plan_step(cfg.batching, langs, state.epoch, state.step, cfg.data.language_weights).slice(rank, world)
+        pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
+        pairs = {k: v.to(device) for k, v in pairs.items() if k != "qid_hash"}
+        meter.wait += time.perf_counter() - t_wait
+        if (cfg.train.fault_inject_step is not None and state.step == cfg.train.fault_inject_step
+                and rank == cfg.train.fault_inject_rank and not fault_marker.exists()):
+            fault_marker.touch()
+            raise RuntimeError(f"[hbt] injected fault at step {state.step} on rank {rank}")
 
-            if (cfg.train.fault_inject_step is not None and state.step == cfg.train.fault_inject_step
-                    and rank == cfg.train.fault_inject_rank and not fault_marker.exists()):
-                fault_marker.touch()
-                raise RuntimeError(f"[hbt] injected fault at step {state.step} on rank {rank}")
+        if cfg.train.grad_cache:
+            res = grad_cache_step(forward, model.temperature, pairs, chunk_backward, cfg.train.grad_cache_chunk,
+                                  cfg.train.gather_queries)
+        else:
+            res = contrastive_step(forward, model.temperature, pairs, engine.backward, cfg.train.gather_queries)
+            engine.step()
+        tokens = float(pairs["q_attention_mask"].sum() + pairs["p_attention_mask"].sum())
+        g = mean_across_workers(torch.tensor([float(res.loss), float(res.acc), tokens]))
+        meter.add(plan.kind, float(g[0]), float(g[1]))
+        meter.tokens += float(g[2]) * world
+        meter.samples += cfg.batching.global_batch_size
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.samples += cfg.batching.global_batch_size
 
-            if cfg.train.grad_cache:
-                res = grad_cache_step(forward, model.temperature, pairs, chunk_backward, cfg.train.grad_cache_chunk,
-                                      cfg.train.gather_queries)
-            else:
-                res = contrastive_step(forward, model.temperature, pairs, engine.backward, cfg.train.gather_queries)
-                engine.step()
-            tokens = float(pairs["q_attention_mask"].sum() + pairs["p_attention_mask"].sum())
-            g = mean_across_workers(torch.tensor([float(res.loss), float(res.acc), tokens]))
-            meter.add(plan.kind, float(g[0]), float(g[1]))
-            meter.tokens += float(g[2]) * world
-            meter.samples += cfg.batching.global_batch_size
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.samples += cfg.batching.global_batch_size
-
-            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-                last = meter.metrics(engine.get_lr()[0], float(model.temperature()))
-                if config.get("ledger") is not None and rank == 0:
-                    last.update(ray.get(config["ledger"].get.remote()).as_metrics())
-                if rank == 0:
-                    print(f"[hbt] step {state.step}/{cfg.train.max_steps} loss {last['train/loss']:.4f} "
-                          f"acc {last['train/acc']:.3f} | {last['train/samples_per_s']:.1f} pairs/s "
-                          f"{last['train/tokens_per_s']:.0f} tok/s | data wait {100 * last['train/data_wait_frac']:.1f}%",
-                          flush=True)
-                    if tracker is not None:
-                        tracker.log_metrics(last, step=state.step)
-                meter.reset()
-            dev: dict[str, float] = {}
-            if cfg.train.dev_eval_every and state.step % cfg.train.dev_eval_every == 0:
-                t_dev = time.perf_counter()
-                dev = run_dev_eval(dev_eval, model, tokenizer, device, cfg, rank, state.step, last, tracker)
-                meter.t0 += time.perf_counter() - t_dev  # throughput counts training time only
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                save_checkpoint(engine, model, tokenizer, state, cfg, rank, {**last, **dev})
-                last_ckpt_step = state.step
-            elif dev:
-                # Every rank reports (Ray Train pairs the reports); rank 0's metrics reach Tune.
-                ray.train.report({**last, **dev, "step": state.step})
-        if state.step >= cfg.train.max_steps:
-            break
-        if batches_this_epoch == 0:
-            raise RuntimeError("the training data holds fewer rows than one global batch")
-        state.epoch += 1
-        state.batch_in_epoch = 0
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            last = meter.metrics(engine.get_lr()[0], float(model.temperature()))
+            if config.get("ledger") is not None and rank == 0:
+                last.update(ray.get(config["ledger"].get.remote()).as_metrics())
+            if rank == 0:
+                print(f"[hbt] step {state.step}/{cfg.train.max_steps} loss {last['train/loss']:.4f} "
+                      f"acc {last['train/acc']:.3f} | {last['train/samples_per_s']:.1f} pairs/s "
+                      f"{last['train/tokens_per_s']:.0f} tok/s | data wait {100 * last['train/data_wait_frac']:.1f}%",
+                      flush=True)
+                if tracker is not None:
+                    tracker.log_metrics(last, step=state.step)
+            meter.reset()
+        dev: dict[str, float] = {}
+        if cfg.train.dev_eval_every and state.step % cfg.train.dev_eval_every == 0:
+            t_dev = time.perf_counter()
+            dev = run_dev_eval(dev_eval, model, tokenizer, device, cfg, rank, state.step, last, tracker)
+            meter.t0 += time.perf_counter() - t_dev  # throughput counts training time only
+        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+            save_checkpoint(engine, model, tokenizer, state, cfg, rank, {**last, **dev})
+            last_ckpt_step = state.step
+        elif dev:
+            # Every rank reports (Ray Train pairs the reports); rank 0's metrics reach Tune.
+            ray.train.report({**last, **dev, "step": state.step})
 
     if last_ckpt_step != state.step:
         save_checkpoint(engine, model, tokenizer, state, cfg, rank, last)

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hbt.distributed import gather_with_grad
-from hbt.loss import info_nce, symmetric_info_nce
+from hbt.distributed import gather_ids, gather_with_grad
+from hbt.loss import info_nce, same_passage_mask, symmetric_info_nce
 from hbt.model.encoder import BiEncoder
 
 
@@ -55,12 +55,18 @@ class StepResult:
     acc: torch.Tensor
 
 
-def _loss(q: torch.Tensor, p: torch.Tensor, temperature: torch.Tensor, gather_queries: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(q: torch.Tensor, p: torch.Tensor, temperature: torch.Tensor, gather_queries: bool,
+          groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gathers passages (and queries) and the passage groups across workers, masks, InfoNCE."""
     all_p, offset = gather_with_grad(p)
+    mask = None
+    if groups is not None:
+        groups = groups.to(q.device)
+        mask = same_passage_mask(groups, gather_ids(groups), offset)
     if gather_queries:
         all_q, _ = gather_with_grad(q)
-        return symmetric_info_nce(q, all_p, all_q, temperature, offset)
-    return info_nce(q, all_p, temperature, offset)
+        return symmetric_info_nce(q, all_p, all_q, temperature, offset, mask)
+    return info_nce(q, all_p, temperature, offset, mask)
 
 
 def contrastive_step(
@@ -75,29 +81,34 @@ def contrastive_step(
     Args:
         forward: embeds (input_ids, attention_mask).
         temperature: returns the current temperature.
-        batch: ``q_input_ids``, ``q_attention_mask``, ``p_input_ids``, ``p_attention_mask``.
+        batch: ``q_input_ids``, ``q_attention_mask``, ``p_input_ids``, ``p_attention_mask``
+            and optionally ``group_hash`` (each pair's passage group): candidates of a
+            row's own group are masked out of its negatives, across workers.
         backward: runs the backward pass of the loss (e.g. ``engine.backward``).
         gather_queries: also gather queries and add the passage→query loss.
     """
     q = forward(batch["q_input_ids"], batch["q_attention_mask"])
     p = forward(batch["p_input_ids"], batch["p_attention_mask"])
-    loss, acc = _loss(q, p, temperature(), gather_queries)
+    loss, acc = _loss(q, p, temperature(), gather_queries, batch.get("group_hash"))
     backward(loss)
     return StepResult(loss.detach(), acc)
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU RNG state and, on a CUDA device, that device's RNG state (dropout draws from it there)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
 @contextmanager
-def _replay_rng(state: torch.Tensor | None):
-    """Restores the CPU RNG so a re-forward draws the same dropout masks."""
-    if state is None:
+def _replay_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device):
+    """Restores the CPU (and CUDA) RNG so a re-forward draws the same dropout masks; the outer RNG is untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
         yield
-        return
-    saved = torch.get_rng_state()
-    torch.set_rng_state(state)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(saved)
 
 
 def grad_cache_step(
@@ -123,20 +134,21 @@ def grad_cache_step(
         chunk_size: rows per chunk.
     """
     n = batch["q_input_ids"].shape[0]
+    device = batch["q_input_ids"].device
     chunks = [slice(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-    rng: list[torch.Tensor] = []
+    rng: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     q_parts, p_parts = [], []
     with torch.no_grad():
         for sl in chunks:
-            rng.append(torch.get_rng_state())
+            rng.append(_rng_state(device))
             q_parts.append(forward(batch["q_input_ids"][sl], batch["q_attention_mask"][sl]))
             p_parts.append(forward(batch["p_input_ids"][sl], batch["p_attention_mask"][sl]))
     q = torch.cat(q_parts).requires_grad_()
     p = torch.cat(p_parts).requires_grad_()
-    loss, acc = _loss(q, p, temperature().detach(), gather_queries)
+    loss, acc = _loss(q, p, temperature().detach(), gather_queries, batch.get("group_hash"))
     loss.backward()
     for i, (sl, state) in enumerate(zip(chunks, rng)):
-        with _replay_rng(state):
+        with _replay_rng(state, device):
             qc = forward(batch["q_input_ids"][sl], batch["q_attention_mask"][sl])
             pc = forward(batch["p_input_ids"][sl], batch["p_attention_mask"][sl])
         surrogate = (qc * q.grad[sl]).sum() + (pc * p.grad[sl]).sum()

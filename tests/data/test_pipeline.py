@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
 from hbt.config import load_config
-from hbt.data.pipeline import assemble_pairs, build_text_dataset, build_train_dataset, make_skip_ledger
+from hbt.data.batches import GlobalBatches
+from hbt.data.pipeline import (
+    assemble_pairs,
+    build_text_dataset,
+    build_train_dataset,
+    fetch_train_table,
+    make_skip_ledger,
+    materialize_train_table,
+)
+from hbt.data.records import DataError
 from hbt.data.strategies import plan_step
 
 
@@ -44,31 +53,42 @@ def test_first_batch_arrives_before_the_input_is_read(tmp_path, ray_local):
     assert t_first < 0.5 * t_all
 
 
-def test_tokenised_shards_feed_torch_batches(tiny_model_dir, ray_local):
+def test_tokenised_table_feeds_disjoint_worker_batches(tiny_model_dir, ray_local):
+    """Read + tokenise once (Ray Data), fetch the table as a worker does, slice batches as the loop does."""
     cfg = load_config(None, ["data.languages=[en,de,zh]", "data.max_questions=48", "batching.global_batch_size=8",
                              "model.max_query_length=24", "model.max_passage_length=40"])
-    ds = build_train_dataset(cfg, str(tiny_model_dir), "query: ", "passage: ")
-    shards = ds.streaming_split(2, equal=True)
+    refs = materialize_train_table(build_train_dataset(cfg, str(tiny_model_dir), "query: ", "passage: "))
+    table = fetch_train_table(refs)
+    assert table["q_ids"].shape == (48, 3, 24) and table["p_ids"].shape == (48, 3, 40)
+    assert np.all(np.diff(table["qid_hash"]) > 0)  # canonical order, unique qids
+    # The same rows in another block order give the same table (what makes resume exact).
+    again = fetch_train_table(list(reversed(refs)))
+    assert all(np.array_equal(table[k], again[k]) for k in table)
+    gb = GlobalBatches(48, 8, seed=0)
     seen: list[set[int]] = [set(), set()]
-
-    def consume(rank: int) -> None:
-        # Both shards must be read at once, as two Train workers do: an unread
-        # split backpressures the other.
-        for step, batch in enumerate(shards[rank].iter_torch_batches(batch_size=4, drop_last=True)):
-            assert batch["q_ids"].shape[1:] == (3, 24) and batch["p_ids"].shape[1:] == (3, 40)
-            plan = plan_step(cfg.batching, cfg.data.languages, 0, step).slice(rank, 2)
-            pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
-            assert pairs["q_input_ids"].shape[0] == 4
-            assert torch.equal(pairs["q_attention_mask"].sum(1), batch["q_len"][torch.arange(4), torch.as_tensor(plan.q_lang)])
+    for step in range(gb.steps_per_epoch):
+        plan = plan_step(cfg.batching, cfg.data.languages, 0, step)
+        for rank in (0, 1):
+            rows = gb.worker_rows(0, step, rank, 2)
+            p = plan.slice(rank, 2)
+            pairs = assemble_pairs({k: v[rows] for k, v in table.items()}, p.q_lang, p.p_lang)
+            assert pairs["q_input_ids"].shape[0] == 4 and pairs["group_hash"].shape == (4,)
+            lens = torch.as_tensor(table["q_len"][rows][np.arange(4), p.q_lang])
+            assert torch.equal(pairs["q_attention_mask"].sum(1), lens)
             # Dynamic padding: the longest row fills the width exactly.
             assert pairs["p_attention_mask"][:, -1].any()
             seen[rank].update(pairs["qid_hash"].tolist())
-
-    with ThreadPoolExecutor(2) as pool:
-        for f in [pool.submit(consume, r) for r in (0, 1)]:
-            f.result(timeout=300)
     assert len(seen[0]) == len(seen[1]) == 24
     assert not seen[0] & seen[1]  # the workers' shards are disjoint in question ids
+
+
+def test_the_same_qid_in_two_files_is_refused(tmp_path, tiny_model_dir, ray_local):
+    _grouped_file(tmp_path / "a.jsonl", 10)
+    _grouped_file(tmp_path / "b.jsonl", 10)  # the same q0..q9 again
+    cfg = load_config(None, [f"data.path={tmp_path}", "data.format=grouped_jsonl", "data.languages=[en,de]"])
+    refs = materialize_train_table(build_train_dataset(cfg, str(tiny_model_dir), "query: ", "passage: "))
+    with pytest.raises(DataError, match="duplicate id: 10 question id"):
+        fetch_train_table(refs)
 
 
 def test_skips_are_counted_in_the_ledger(tmp_path, ray_local):

@@ -63,7 +63,7 @@ def test_xquad_dir_groups_all_languages_per_qid():
     grouper = RecordGrouper(list(XQUAD_R_LANGUAGES))
     rows = list(iter_xquad_dir(str(XQUAD_R), grouper, split="all"))
     assert len(rows) == 1190
-    assert set(rows[0]) == {"qid"} | {f"{s}_{lang}" for s in "qp" for lang in XQUAD_R_LANGUAGES}
+    assert set(rows[0]) == {"qid", "passage_group", "article"} | {f"{s}_{lang}" for s in "qp" for lang in XQUAD_R_LANGUAGES}
     assert grouper.skips.total == 0
 
 
@@ -171,7 +171,72 @@ def test_mmarco_layout_shards_are_disjoint(tmp_path):
     shards = [list(iter_mmarco(str(tmp_path), RecordGrouper(["en", "de"]), k, 3)) for k in range(3)]
     qids = [r["qid"] for s in shards for r in s]
     assert sorted(qids, key=int) == [str(q) for q in range(10)]
-    assert shards[0][0]["p_de"] == "de passage 0"
+    row0 = next(r for s in shards for r in s if r["qid"] == "0")
+    assert row0["p_de"] == "de passage 0" and row0["passage_group"] == "100"
+
+
+def test_mmarco_multi_positive_query_across_a_shard_boundary(tmp_path):
+    """qid 7 has positives on qrels lines 4 and 5: a line-based split would hand it to two read tasks."""
+    for lang in ("en", "de"):
+        (tmp_path / "queries").mkdir(exist_ok=True)
+        (tmp_path / "collection").mkdir(exist_ok=True)
+        _write(tmp_path / "queries" / f"{lang}.tsv", [f"{q}\t{lang} query {q}" for q in range(10)])
+        _write(tmp_path / "collection" / f"{lang}.tsv", [f"{100 + q}\t{lang} passage {q}" for q in range(12)])
+    qrels = [f"{q}\t0\t{100 + q}\t1" for q in range(7)] + ["7\t0\t107\t1", "7\t0\t110\t1"]
+    qrels += [f"{q}\t0\t{100 + q}\t1" for q in (8, 9)]
+    _write(tmp_path / "qrels.tsv", qrels)
+    for n in (2, 3, 4):
+        shards = [list(iter_mmarco(str(tmp_path), RecordGrouper(["en", "de"]), k, n)) for k in range(n)]
+        holders = [k for k, s in enumerate(shards) if any(r["qid"] == "7" for r in s)]
+        assert len(holders) == 1, (n, holders)  # one read task owns the qid
+        qids = [r["qid"] for s in shards for r in s]
+        assert sorted(qids, key=int) == [str(q) for q in range(10)]
+        row7 = next(r for r in shards[holders[0]] if r["qid"] == "7")
+        assert row7["passage_group"] == "107"  # the first positive trains; its pid is the group
+
+
+def test_passage_id_names_the_group_else_the_qid(tmp_path):
+    with_pid = [json.dumps({"qid": "1", "lang": lang, "query": "q", "passage": "p", "passage_id": "P9"}) for lang in ("en", "de")]
+    rows = list(iter_long_jsonl(_write(tmp_path / "a.jsonl", with_pid), RecordGrouper(["en", "de"])))
+    assert rows[0]["passage_group"] == "P9"
+    rows = list(iter_long_jsonl(_write(tmp_path / "b.jsonl", [_long("1", "en"), _long("1", "de")]), RecordGrouper(["en", "de"])))
+    assert rows[0]["passage_group"] == "1"
+
+
+@pytest.mark.parametrize("fmt", ["long", "grouped"])
+def test_passage_id_on_some_rows_only_names_file_and_line(tmp_path, fmt):
+    if fmt == "long":
+        lines = [json.dumps({"qid": "1", "lang": lang, "query": "q", "passage": "p", "passage_id": "P1"}) for lang in ("en", "de")]
+        lines += [_long("2", "en"), _long("2", "de")]
+        reader, bad_line = iter_long_jsonl, 3
+    else:
+        tr = {lang: {"query": "q", "passage": "p"} for lang in ("en", "de")}
+        lines = [json.dumps({"qid": "1", "translations": tr}), json.dumps({"qid": "2", "passage_id": "P", "translations": tr})]
+        reader, bad_line = iter_grouped_jsonl, 2
+    f = _write(tmp_path / "a.jsonl", lines)
+    # An inconsistent file is an error even in skip mode: counting its rows would mix two meanings of a group.
+    for mode in ("error", "skip"):
+        with pytest.raises(DataError, match=rf"a\.jsonl:{bad_line}: inconsistent field: 'passage_id' is"):
+            list(reader(f, RecordGrouper(["en", "de"], mode)))
+
+
+def test_xquad_questions_on_one_sentence_share_a_group_in_every_language():
+    grouper = RecordGrouper(["en", "de", "zh"])
+    rows = list(iter_xquad_dir(str(XQUAD_R), grouper, split="all"))
+    by_group = Counter(r["passage_group"] for r in rows)
+    shared = [g for g, n in by_group.items() if n > 1]
+    assert len(shared) > 100  # several questions are often asked about one sentence
+    # Two questions whose answer sentence is the same sentence in any language are one group,
+    # also where the languages segment differently (e.g. zh joins two English sentences).
+    for lang in ("en", "de", "zh"):
+        by_answer: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            by_answer.setdefault((r["article"], r[f"p_{lang}"]), set()).add(r["passage_group"])
+        assert all(len(g) == 1 for g in by_answer.values()), lang
+    zh_only = [key for key, g in Counter((r["article"], r["p_zh"]) for r in rows).items()
+               if g > 1 and len({r["p_en"] for r in rows if (r["article"], r["p_zh"]) == key}) > 1]
+    assert zh_only  # the case a single-language group would miss exists in the data
+    assert all(r["article"] and r["passage_group"].startswith(r["article"] + "/") for r in rows)
 
 
 def test_iter_rows_local_respects_max_questions():

@@ -1,4 +1,8 @@
-"""2 workers x b equal 1 worker x 2b (ZeRO 0 and 2), and GradCache equals the plain step."""
+"""2 workers x b equal 1 worker x 2b (ZeRO 0 and 2), and GradCache equals the plain step, with the false-negative mask.
+
+The fixed batch's passage groups collide inside a worker's slice and across
+the two workers' slices, so the gathered-group mask is exercised both ways.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from hbt.config import load_config
 from ..conftest import XQUAD_R
 
 GLOBAL_B = 8
+# Rows 1/2 share a group inside worker 0's slice; rows 0/4 and 3/7 across the two slices.
+GROUPS = [10, 11, 11, 12, 10, 13, 14, 12]
 
 
 def _fixed_global_batch(model_dir) -> dict[str, list]:
@@ -27,7 +33,7 @@ def _fixed_global_batch(model_dir) -> dict[str, list]:
     q = tok(["query: " + x.query for x in de], padding=True, truncation=True, max_length=32)
     p = tok(["passage: " + en[x.qid].passage for x in de], padding=True, truncation=True, max_length=48)
     return {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
-            "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}
+            "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"], "group_hash": GROUPS}
 
 
 def _one_step_grads(config: dict) -> dict | None:
