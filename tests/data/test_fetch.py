@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 import hbt.config as config
+from hbt.cli import main
 from hbt.config import HBTConfig
 from hbt.data import fetch as F
 
@@ -286,7 +287,7 @@ def test_real_tables_fetch_the_shared_copies(server, tmp_path, name):
 
 
 # ---------------------------------------------------------------------------
-# Missing data
+# Missing data, and the CLI
 # ---------------------------------------------------------------------------
 
 
@@ -314,3 +315,44 @@ def test_missing_data_error_names_dataset_places_and_command(no_shared_data, tmp
     cfg = HBTConfig(eval={"benchmarks": ["mlqa_r"], "mlqa_r_path": str(tmp_path / "mine" / "mlqa-r")})
     with pytest.raises(F.MissingDataError, match=f"hbt data fetch mlqa_r --dest {tmp_path / 'mine'}"):
         F.ensure_data(cfg, train=False)
+
+
+def test_cli_eval_without_fetch_fails_naming_the_command(no_shared_data, capsys):
+    assert main(["eval", "eval.benchmarks=[mlqa_r]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: benchmark data not found")
+    assert "hbt data fetch mlqa_r" in err and "--fetch" in err
+
+
+def test_cli_study_fetch_gets_missing_benchmarks_first(server, fixtures, no_shared_data, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+
+    def fake_run_study(cfg):
+        seen["paths"] = [config.resolve_path(p) for p in (cfg.data.path, cfg.eval.mlqa_r_path)]
+
+    monkeypatch.setitem(sys.modules, "hbt.study", types.SimpleNamespace(run_study=fake_run_study))
+    monkeypatch.setenv(F.BASE_URL_ENV, server.url)
+    argv = ["study", "data.languages=[en,de]", "eval.benchmarks=[xquad_r,mlqa_r]", "ray.num_workers=1"]
+    assert main(argv + ["--fetch"]) == 0
+    cache = tmp_path / "cache" / "data"
+    assert seen["paths"] == [str(cache / "xquad-r"), str(cache / "mlqa-r")]
+    assert not (cache / "tatoeba").exists()  # only what the config needs
+
+
+def test_cli_data_fetch(server, fixtures, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(F.BASE_URL_ENV, server.url)
+    assert main(["data", "fetch", "tatoeba", "--dest", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert F.DATASETS["tatoeba"].licence in out
+    assert (tmp_path / "d" / "tatoeba" / "tatoeba.deu-eng.deu").exists()
+
+    assert main(["data", "fetch", "squad"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+    del server.routes[server.path_of(fixtures["xquad_r"], "de.json")]
+    assert main(["data", "fetch", "xquad_r"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "HTTP 404" in err and fixtures["xquad_r"].url("de.json") in err
