@@ -86,8 +86,20 @@ class _Server(ThreadingHTTPServer):
 
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch, tmp_path):
-    # Anything that would use the default base URL goes to a closed loopback port instead of GitHub.
+    # Anything that would use the default base URL goes to a closed loopback port instead of GitHub,
+    # no proxy is consulted, and a connection to any other address fails the test.
     monkeypatch.setenv(F.BASE_URL_ENV, "http://127.0.0.1:9")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    connect = socket.socket.connect
+
+    def loopback_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            raise AssertionError(f"a test tried to reach {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_connect)
     monkeypatch.setenv("HBT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HBT_DATA_ROOT", raising=False)
 
