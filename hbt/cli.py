@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
-from hbt.config import ConfigError, load_config
+from hbt.config import ConfigError, HBTConfig, load_config
+from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (defaults when omitted)")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides applied after the file")
+
+
+def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluate: bool) -> HBTConfig:
+    """Fails naming the fetch command when configured benchmarks are missing; with --fetch, fetches them."""
+    fetch = getattr(args, "fetch", False)
+    if ensure_data(cfg, train=train, evaluate=evaluate, fetch_missing=fetch, offer_flag=hasattr(args, "fetch")):
+        cfg = load_config(args.config, args.overrides)  # validate again, now against the fetched data
+    return cfg
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
@@ -36,42 +46,58 @@ def _cmd_model_build_offline(args: argparse.Namespace) -> int:
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from hbt.data.inspect import inspect_batches
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
     print(json.dumps(inspect_batches(cfg, steps=args.steps), indent=2))
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from hbt.config import data_cache_dir
+    from hbt.data.fetch import DATASETS, fetch
+
+    unknown = [n for n in args.datasets if n not in DATASETS]
+    if unknown:
+        print(f"error: unknown dataset(s) {unknown}; known: {list(DATASETS)}", file=sys.stderr)
+        return 2
+    dest = args.dest or data_cache_dir()
+    fetch(args.datasets or None, dest)
+    if args.dest and Path(args.dest).expanduser().resolve() != data_cache_dir().resolve():
+        print(f"the default config paths (../shared/data/...) do not look in {args.dest}: point the config at it, "
+              f"e.g. eval.xquad_r_path={args.dest}/xquad-r, or fetch without --dest (to {data_cache_dir()})")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hbt.train.job import run_training
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
     result = run_training(cfg, resume_from=args.resume)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=False, evaluate=True)
     from hbt.eval.runner import run_eval_job
 
-    cfg = load_config(args.config, args.overrides)
     result = run_eval_job(cfg, model=args.model, out_dir=args.out)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
     from hbt.tune import run_tune
 
-    cfg = load_config(args.config, args.overrides)
     result = run_tune(cfg, space_path=args.space, resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=True)
     from hbt.study import run_study
 
-    cfg = load_config(args.config, args.overrides)
     run_study(cfg)
     return 0
 
@@ -99,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(i)
     i.add_argument("--steps", type=int, default=100, help="global steps to draw")
     i.set_defaults(func=_cmd_data_inspect)
+    f = data.add_parser("fetch", help="download the benchmarks from their public sources (SHA-256 verified)")
+    f.add_argument("datasets", nargs="*", metavar="DATASET", help="xquad_r, mlqa_r, tatoeba (default: all three)")
+    f.add_argument("--dest", default=None, help="parent folder (default: the fetch cache, $HBT_CACHE/data or "
+                   "~/.cache/hbt/data, where the default config paths find them)")
+    f.set_defaults(func=_cmd_data_fetch)
 
     t = sub.add_parser("train", help="train a bi-encoder with Ray Train + DeepSpeed")
     _add_config_args(t)
@@ -109,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(e)
     e.add_argument("--model", default=None, help="model dir (default: model.name_or_path)")
     e.add_argument("--out", default=None, help="output dir (default: output_dir/eval-<time>)")
+    e.add_argument("--fetch", action="store_true", help="first download the configured benchmarks that are missing")
     e.set_defaults(func=_cmd_eval)
 
     tu = sub.add_parser("tune", help="Ray Tune search over config keys")
@@ -119,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("study", help="HBT vs baselines: train, evaluate, report")
     _add_config_args(st)
+    st.add_argument("--fetch", action="store_true", help="first download the configured benchmarks that are missing")
     st.set_defaults(func=_cmd_study)
     return parser
 
@@ -129,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except ConfigError as e:
+    except (ConfigError, MissingDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

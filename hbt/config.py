@@ -34,13 +34,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The default data paths in configs lie under this folder (beside the checkout).
+SHARED_DATA = "../shared/data"
+
+
+def data_cache_dir() -> Path:
+    """Where ``hbt data fetch`` puts the benchmarks by default: ``$HBT_CACHE/data``
+    (``~/.cache/hbt/data`` when ``$HBT_CACHE`` is unset)."""
+    return Path(os.environ.get("HBT_CACHE") or Path.home() / ".cache" / "hbt") / "data"
+
+
+def data_candidates(path: str) -> list[Path]:
+    """The places a relative data path is looked for, in resolution order.
+
+    ``$HBT_DATA_ROOT/path`` when that variable is set, then ``path`` against the
+    project root (so ``../shared/data/...`` is the folder beside this checkout),
+    then, for paths under ``../shared/data/``, the fetch cache
+    (``../shared/data/xquad-r`` -> ``<data_cache_dir()>/xquad-r``).
+    """
+    out: list[Path] = []
+    root = os.environ.get("HBT_DATA_ROOT")
+    if root:
+        out.append((Path(root) / path).resolve())
+    out.append((PROJECT_ROOT / path).resolve())
+    norm, prefix = os.path.normpath(path), os.path.normpath(SHARED_DATA) + os.sep
+    if norm.startswith(prefix):
+        out.append((data_cache_dir() / norm[len(prefix):]).resolve())
+    return list(dict.fromkeys(out))
+
+
 def resolve_path(path: str) -> str:
     """Resolves a data path from a config.
 
     URIs (``s3://``, ``gs://``, ``file://``) and absolute paths are returned
-    unchanged. Relative paths are taken against ``$HBT_DATA_ROOT`` when set,
-    else against the project root, so ``../shared/data/...`` works from any
-    working directory.
+    unchanged. A relative path is looked for, in this order, against
+    ``$HBT_DATA_ROOT`` when set, against the project root (so
+    ``../shared/data/...`` works from any working directory), and, for
+    ``../shared/data/...`` paths, in the fetch cache (``$HBT_CACHE/data``,
+    default ``~/.cache/hbt/data``; see :func:`data_candidates`). The first
+    place that exists wins; when none does, the first place is returned (so
+    errors name where the data was expected).
 
     Args:
         path: the configured path.
@@ -50,9 +83,11 @@ def resolve_path(path: str) -> str:
     """
     if "://" in path or os.path.isabs(path):
         return path
-    root = os.environ.get("HBT_DATA_ROOT")
-    base = Path(root) if root else PROJECT_ROOT
-    return str((base / path).resolve())
+    candidates = data_candidates(path)
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    return str(candidates[0])
 
 
 class ModelConfig(_Strict):

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from hbt.config import resolve_path
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-XQUAD_R = SHARED_DATA / "xquad-r"
-MLQA_R = SHARED_DATA / "mlqa-r"
-TATOEBA = SHARED_DATA / "tatoeba"
+# The benchmarks where the configs find them: ../shared/data beside the checkout where it
+# exists, else where `hbt data fetch` put them ($HBT_DATA_ROOT first when set).
+XQUAD_R = Path(resolve_path("../shared/data/xquad-r"))
+MLQA_R = Path(resolve_path("../shared/data/mlqa-r"))
+TATOEBA = Path(resolve_path("../shared/data/tatoeba"))
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 

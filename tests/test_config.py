@@ -109,3 +109,42 @@ def test_data_inspect_prints_strategy_stats(capsys):
     assert 0.2 < hybrid["batch_types"]["mono"] < 0.4
     assert all(s["qid_duplicates"] == 0 for s in stats["strategies"].values())
     assert stats["strategies"]["cross"]["cross_pairs_with_same_language"] == 0
+
+
+def test_resolve_path_order(tmp_path, monkeypatch):
+    """Explicit path, then $HBT_DATA_ROOT, then ../shared/data beside the checkout, then the fetch cache."""
+    import hbt.config as config
+
+    project = tmp_path / "checkout"
+    shared = tmp_path / "shared" / "data"  # ../shared/data seen from the checkout
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    project.mkdir()
+    monkeypatch.setattr(config, "PROJECT_ROOT", project)
+    monkeypatch.delenv("HBT_DATA_ROOT", raising=False)
+    monkeypatch.setenv("HBT_CACHE", str(cache))
+    rel = "../shared/data/xquad-r"
+    resolve = config.resolve_path
+
+    # Explicit: URIs and absolute paths are taken as they are, present or not.
+    assert resolve("s3://bucket/xquad-r") == "s3://bucket/xquad-r"
+    assert resolve(str(tmp_path / "elsewhere" / "xquad-r")) == str(tmp_path / "elsewhere" / "xquad-r")
+
+    # Nowhere: the places searched, and the first of them is returned.
+    assert config.data_candidates(rel) == [shared / "xquad-r", cache / "data" / "xquad-r"]
+    assert resolve(rel) == str(shared / "xquad-r")
+    # Paths outside ../shared/data have no cache fallback.
+    assert config.data_candidates("mydata/train") == [project / "mydata" / "train"]
+
+    (cache / "data" / "xquad-r").mkdir(parents=True)
+    assert resolve(rel) == str(cache / "data" / "xquad-r")  # only the fetch cache holds it
+    (shared / "xquad-r").mkdir(parents=True)
+    assert resolve(rel) == str(shared / "xquad-r")  # ../shared/data beats the cache
+
+    monkeypatch.setenv("HBT_DATA_ROOT", str(root / "checkout"))
+    assert config.data_candidates(rel)[0] == root / "shared" / "data" / "xquad-r"
+    assert resolve(rel) == str(shared / "xquad-r")  # the root lacks it: on to ../shared/data
+    (root / "shared" / "data" / "xquad-r").mkdir(parents=True)
+    assert resolve(rel) == str(root / "shared" / "data" / "xquad-r")  # the root beats ../shared/data
+
+    monkeypatch.delenv("HBT_CACHE")
+    assert config.data_cache_dir() == Path.home() / ".cache" / "hbt" / "data"

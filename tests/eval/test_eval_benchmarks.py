@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hbt.config import XQUAD_R_LANGUAGES
+from hbt.config import XQUAD_R_LANGUAGES, resolve_path
 from hbt.eval.benchmarks import (
     BenchmarkError,
     load_miracl,
@@ -19,9 +19,9 @@ from hbt.eval.benchmarks import (
     split_sentences,
 )
 
-# The same locations conftest.py names (conftest itself is not importable).
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-XQUAD_R, MLQA_R, TATOEBA = SHARED_DATA / "xquad-r", SHARED_DATA / "mlqa-r", SHARED_DATA / "tatoeba"
+# The same locations conftest.py names (conftest itself is not importable): ../shared/data
+# where it exists, else the fetch cache (`hbt data fetch`).
+XQUAD_R, MLQA_R, TATOEBA = (Path(resolve_path(f"../shared/data/{d}")) for d in ("xquad-r", "mlqa-r", "tatoeba"))
 EVAL_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
 
 
