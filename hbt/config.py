@@ -208,7 +208,11 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["monolingual", "cross_lingual", "multilingual"]
     )
     heldout_only: bool = Field(True, description="XQuAD-R: restrict to data.heldout_articles when set.")
-    max_questions: int | None = Field(None, ge=1, description="Cap questions (and Tatoeba lines) per benchmark.")
+    max_questions: int | None = Field(
+        None, ge=1, description="A seeded sample of N questions per QA benchmark (stratified by article for XQuAD-R, "
+        "by context for MLQA-R, in proportion to their questions) and N Tatoeba query lines (the whole other side "
+        "stays the target pool).")
+    sample_seed: int = Field(0, description="Seed of the eval.max_questions sample.")
     pool: Literal["full", "question_paragraphs"] = Field(
         "full", description="QA candidate pool: every sentence, or only the paragraphs of the kept questions."
     )
@@ -262,18 +266,79 @@ class TuneConfig(_Strict):
     max_concurrent_trials: int = Field(1, ge=1)
 
 
+# Domain-shift endpoints per benchmark (the study's pre-registered comparisons).
+DOMAIN_SHIFT_ENDPOINTS = {
+    "mlqa_r": ["mlqa_r/monolingual/mAP", "mlqa_r/cross_lingual/mAP", "mlqa_r/multilingual/mAP"],
+    "tatoeba": ["tatoeba/xx-eng/acc@1", "tatoeba/eng-xx/acc@1"],
+    "miracl": ["miracl/nDCG@10"],
+}
+
+
+def benchmark_metric_keys(eval_cfg: "EvalConfig") -> set[str]:
+    """The headline metric keys the configured benchmarks produce (for checking endpoints at load)."""
+    keys: set[str] = set()
+    for bench in eval_cfg.benchmarks:
+        if bench in ("xquad_r", "mlqa_r"):
+            for setting in eval_cfg.settings:
+                keys |= {f"{bench}/{setting}/{m}" for m in ("mAP", "R@1", "R@10", "MRR", "nDCG@10")}
+            if "multilingual" in eval_cfg.settings:
+                keys |= {f"{bench}/bias/own_language_top1", f"{bench}/bias/rank_distance_mean"}
+        elif bench == "tatoeba":
+            keys |= {f"tatoeba/{d}/{m}" for d in ("xx-eng", "eng-xx") for m in ("acc@1", "MRR")}
+            keys |= {"tatoeba/acc@1", "tatoeba/MRR"}
+        elif bench == "miracl":
+            keys |= {"miracl/nDCG@10", "miracl/R@100"}
+    return keys
+
+
 class StudyConfig(_Strict):
-    """The HBT vs baselines study."""
+    """The HBT vs baselines study: strategies, seeds and the pre-registered statistics."""
 
     strategies: list[Literal["x_x_mono", "x_y", "hbt", "mixed_mono"]] = Field(
         default_factory=lambda: ["x_x_mono", "x_y", "hbt"]
     )
     seeds: list[int] = Field(default_factory=lambda: [0])
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(2000, ge=100)
+    bootstrap_unit: Literal["question", "article"] = Field(
+        "question", description="What the paired bootstrap resamples: a question with all its language versions "
+        "and pairs, or (in-domain) a whole article.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    noninferiority_margin: float = Field(
+        0.01, gt=0, lt=1, description="How much worse (absolute) still counts as 'does not hurt'.")
+    primary_endpoint: str | None = Field(
+        None, description="In-domain, tested for superiority; None: xquad_r/multilingual/mAP when XQuAD-R is evaluated.")
+    domain_shift_endpoints: list[str] | None = Field(
+        None, description="None: MLQA-R mono/cross/multilingual mAP, Tatoeba xx-eng and eng-xx acc@1 and MIRACL "
+        "nDCG@10, for the configured benchmarks.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return v
 
 
 class HBTConfig(_Strict):
     """The root of the config tree."""
+
+    def primary_endpoint(self) -> str | None:
+        """The study's in-domain endpoint: configured, else XQuAD-R multilingual mAP when it is evaluated."""
+        if self.study.primary_endpoint:
+            return self.study.primary_endpoint
+        default = "xquad_r/multilingual/mAP"
+        return default if default in benchmark_metric_keys(self.eval) else None
+
+    def domain_shift_endpoints(self) -> list[str]:
+        """The study's domain-shift endpoints: configured, else the defaults for the configured benchmarks."""
+        if self.study.domain_shift_endpoints is not None:
+            return list(self.study.domain_shift_endpoints)
+        keys = []
+        for bench in self.eval.benchmarks:
+            if bench == "miracl" and not self.eval.miracl_path:
+                continue
+            keys += [k for k in DOMAIN_SHIFT_ENDPOINTS.get(bench, []) if k in benchmark_metric_keys(self.eval)]
+        return keys
 
     output_dir: str = "runs"
     run_name: str | None = None
@@ -323,6 +388,14 @@ class HBTConfig(_Strict):
                 )
             if self.train.learn_temperature:
                 raise ValueError("train.learn_temperature is not supported with train.grad_cache")
+        st = self.study
+        if "hbt" not in st.strategies or len(st.strategies) < 2:
+            raise ValueError(f"study.strategies must hold 'hbt' and at least one baseline, got {st.strategies}")
+        produced = benchmark_metric_keys(self.eval)
+        for key in [*([st.primary_endpoint] if st.primary_endpoint else []), *(st.domain_shift_endpoints or [])]:
+            if key not in produced:
+                raise ValueError(f"study endpoint {key!r} is not produced by eval.benchmarks {self.eval.benchmarks} "
+                                 f"with eval.settings {self.eval.settings}")
         if self.deepspeed.precision != "fp32" and not self.ray.use_gpu:
             raise ValueError("deepspeed.precision bf16/fp16 needs ray.use_gpu (CPU workers train in fp32)")
         _check_languages_in_data(self)

@@ -148,3 +148,20 @@ def test_resolve_path_order(tmp_path, monkeypatch):
 
     monkeypatch.delenv("HBT_CACHE")
     assert config.data_cache_dir() == Path.home() / ".cache" / "hbt" / "data"
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["study.domain_shift_endpoints=[mlqa_r/monolingual/mAP]"], r"study endpoint 'mlqa_r/monolingual/mAP' is not produced"),
+        (["eval.benchmarks=[xquad_r,tatoeba]", "study.primary_endpoint=xquad_r/multilingual/nDCG@100"], "study endpoint"),
+        (["study.strategies=[x_x_mono,x_y]"], r"study\.strategies must hold 'hbt'"),
+        (["study.strategies=[hbt]"], "at least one baseline"),
+        (["study.noninferiority_margin=0"], r"study\.noninferiority_margin"),
+        (["study.bootstrap_unit=row"], r"study\.bootstrap_unit"),
+        (["study.seeds=[1,1]"], r"study\.seeds"),
+    ],
+)
+def test_study_statistics_are_checked_at_load(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)

@@ -31,6 +31,7 @@ from hbt.config import MLQA_R_LANGUAGES, XQUAD_R_LANGUAGES
 from hbt.data.records import ItemError
 from hbt.data.sentences import split_sentences  # noqa: F401  (re-exported: benchmarks' public API)
 from hbt.data.squad import SquadArticle, parse_squad, require_field
+from hbt.eval.sampling import stratified_sample
 
 
 # Every benchmark-file error names the file and the item; one class with the
@@ -62,6 +63,9 @@ class QABenchmark:
         cand_keys: ``lang/article/paragraph/sentence`` position of each candidate.
         answers: ``qid -> lang -> candidate index`` of the answer sentence.
         articles: the article keys loaded (English titles for XQuAD-R).
+        question_article: ``qid -> article`` (the resampling unit of ``study.bootstrap_unit: article``).
+        question_context: ``qid -> article/paragraph`` (MLQA-R's sampling strata).
+        all_questions: questions available before ``max_questions`` sampled them.
     """
 
     name: str
@@ -74,6 +78,9 @@ class QABenchmark:
     cand_keys: list[str]
     answers: dict[str, dict[str, int]]
     articles: list[str] = field(default_factory=list)
+    question_article: dict[str, str] = field(default_factory=dict)
+    question_context: dict[str, str] = field(default_factory=dict)
+    all_questions: int = 0
 
     def __post_init__(self) -> None:
         self._q_lang = np.asarray(self.query_langs)
@@ -183,6 +190,8 @@ def _build_qa(
     max_questions: int | None,
     source: Path,
     restrict_pool: bool = False,
+    sample_by: str = "article",
+    sample_seed: int = 0,
 ) -> QABenchmark:
     languages = list(per_lang)
     if articles is not None:
@@ -195,6 +204,8 @@ def _build_qa(
     cand_langs, cand_texts, cand_keys = [], [], []
     answers: dict[str, dict[str, int]] = {}
     questions: dict[str, dict[str, str]] = {}
+    article_of: dict[str, str] = {}
+    context_of: dict[str, str] = {}
     kept_articles: list[str] = []
     for lang in languages:
         for a_i, (art, key) in enumerate(zip(per_lang[lang], keys[lang])):
@@ -211,13 +222,19 @@ def _build_qa(
                 for qa in par.qas:
                     answers.setdefault(qa.qid, {})[lang] = base + qa.sentence
                     questions.setdefault(qa.qid, {})[lang] = qa.question
+                    # The first loaded language (English when loaded first) names the article and context.
+                    article_of.setdefault(qa.qid, key)
+                    context_of.setdefault(qa.qid, f"{key}/{p_i}")
     qids = sorted(answers)
+    n_all = len(qids)
     if max_questions is not None:
-        # Deterministic cap: the first N question ids in sorted order.
-        keep = set(qids[:max_questions])
+        # A seeded sample, stratified by article (XQuAD-R) or context (MLQA-R) in
+        # proportion to their questions: the first N ids would skip whole articles.
+        strata = article_of if sample_by == "article" else context_of
+        qids = stratified_sample(qids, [strata[q] for q in qids], max_questions, sample_seed)
+        keep = set(qids)
         answers = {q: a for q, a in answers.items() if q in keep}
         questions = {q: t for q, t in questions.items() if q in keep}
-        qids = qids[:max_questions]
         if restrict_pool:
             cand_langs, cand_texts, cand_keys, answers = _pool_of_question_paragraphs(
                 cand_langs, cand_texts, cand_keys, answers)
@@ -231,7 +248,8 @@ def _build_qa(
     if not query_qids:
         raise BenchmarkError(source, f"{name}: no questions left after the article/language selection")
     return QABenchmark(name, languages, query_qids, query_langs, query_texts, cand_langs, cand_texts, cand_keys,
-                       answers, kept_articles)
+                       answers, kept_articles, {q: article_of[q] for q in qids}, {q: context_of[q] for q in qids},
+                       n_all)
 
 
 def load_xquad_r(
@@ -240,6 +258,7 @@ def load_xquad_r(
     articles: list[str] | None = None,
     max_questions: int | None = None,
     restrict_pool: bool = False,
+    sample_seed: int = 0,
 ) -> QABenchmark:
     """Loads XQuAD-R (``{lang}.json`` per language).
 
@@ -247,7 +266,9 @@ def load_xquad_r(
         path: the ``xquad-r`` directory.
         languages: languages to load (default: all 11).
         articles: keep only these articles (English titles); ``None`` keeps all.
-        max_questions: keep the first N question ids in sorted order.
+        max_questions: a seeded sample of N questions, stratified by article.
+        restrict_pool: keep only the paragraphs of the kept questions as candidates.
+        sample_seed: the sample's seed.
 
     Returns:
         The benchmark; every question id exists in every language.
@@ -264,7 +285,7 @@ def load_xquad_r(
     if articles is not None:
         ref = per_lang.get("en") or (parse_squad_file(path / "en.json") if (path / "en.json").exists() else None)
     keys = {lang: _article_keys(lang, arts, ref, files[lang]) for lang, arts in per_lang.items()}
-    bench = _build_qa("xquad_r", per_lang, keys, articles, max_questions, path, restrict_pool)
+    bench = _build_qa("xquad_r", per_lang, keys, articles, max_questions, path, restrict_pool, "article", sample_seed)
     for qid, ans in bench.answers.items():
         missing = [lang for lang in languages if lang not in ans]
         if missing:
@@ -281,6 +302,7 @@ def load_mlqa_r(
     max_questions: int | None = None,
     mlqa_split: str | None = None,
     restrict_pool: bool = False,
+    sample_seed: int = 0,
 ) -> QABenchmark:
     """Loads MLQA-R: LAReQA's ``{lang}.json`` files, or MLQA's original files.
 
@@ -292,7 +314,7 @@ def load_mlqa_r(
     Args:
         path: a directory with ``{lang}.json`` files or MLQA's original files.
         languages: languages to load (default: the 7 MLQA languages present).
-        max_questions: keep the first N question ids in sorted order.
+        max_questions: a seeded sample of N questions, stratified by context.
         mlqa_split: ``dev`` or ``test`` for original files; default: the one
             present, ``dev`` (LAReQA's choice) when both are.
 
@@ -330,7 +352,7 @@ def load_mlqa_r(
                 )
             per_lang[lang] = parse_squad_file(f, split_when_missing=True)
     keys = {lang: [a.title for a in arts] for lang, arts in per_lang.items()}
-    return _build_qa("mlqa_r", per_lang, keys, None, max_questions, path, restrict_pool)
+    return _build_qa("mlqa_r", per_lang, keys, None, max_questions, path, restrict_pool, "context", sample_seed)
 
 
 # ---------------------------------------------------------------------------
@@ -351,6 +373,24 @@ class BitextBenchmark:
     lang: str
     src_texts: list[str]
     eng_texts: list[str]
+    query_lines: list[int] | None = None
+
+    @property
+    def queries(self) -> list[int]:
+        """The lines used as queries (both directions); every line stays a target."""
+        return list(range(len(self.src_texts))) if self.query_lines is None else self.query_lines
+
+
+def sample_tatoeba(pairs: list[BitextBenchmark], n: int | None, seed: int) -> list[BitextBenchmark]:
+    """Seeded random query lines per pair; the full other side stays the search target (XTREME's pool)."""
+    if n is None:
+        return pairs
+    out = []
+    for p in pairs:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A70, *p.lang.encode()]))
+        lines = sorted(rng.choice(len(p.src_texts), size=min(n, len(p.src_texts)), replace=False).tolist())
+        out.append(BitextBenchmark(p.lang, p.src_texts, p.eng_texts, lines))
+    return out
 
 
 def _read_lines(path: Path) -> list[str]:

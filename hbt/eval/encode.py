@@ -128,6 +128,30 @@ def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: i
     return np.lexsort((np.arange(len(items)), lengths))
 
 
+def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str], cfg: Any) -> dict[str, float]:
+    """Share of queries and of passages longer than ``eval.max_length`` tokens (prefix and special tokens included).
+
+    The study's Reductions list these: a cut-off that truncates answer
+    sentences changes what is evaluated.
+    """
+    from transformers import AutoTokenizer
+
+    from hbt.model.metadata import read_metadata
+
+    meta = read_metadata(model_dir)
+    prefix = {"query": cfg.model.query_prefix if cfg.model.query_prefix is not None else meta.query_prefix,
+              "passage": cfg.model.passage_prefix if cfg.model.passage_prefix is not None else meta.passage_prefix}
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    out: dict[str, float] = {}
+    for kind in KINDS:
+        items = [prefix[kind] + t for t, k in zip(texts, kinds) if k == kind]
+        if not items:
+            continue
+        lengths = [len(x) for x in tok(items, truncation=False)["input_ids"]]
+        out[kind] = float(np.mean(np.asarray(lengths) > cfg.eval.max_length))
+    return out
+
+
 def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
     return {
         "model_dir": str(model_dir),

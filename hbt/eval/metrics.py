@@ -177,6 +177,17 @@ def ranks_from_scores(scores: np.ndarray, relevant: Sequence[int]) -> np.ndarray
     )
 
 
+def per_query_key(metric_key: str) -> str:
+    """The per-query array a metric is the mean of: ``.../mAP`` (or a bare ``mAP``) of ``.../AP``; others are their own.
+
+    The one definition for the evaluation (which stores the arrays) and the study (which resamples them).
+    """
+    head, _, last = metric_key.rpartition("/")
+    if last == "mAP":
+        return f"{head}/AP" if head else "AP"
+    return metric_key
+
+
 def spread(values: Sequence[float]) -> tuple[float, float]:
     """(max - min, population std) of a set of per-language scores."""
     v = np.asarray(values, dtype=np.float64)

@@ -31,9 +31,10 @@ from hbt.eval.benchmarks import (
     load_mlqa_r,
     load_tatoeba,
     load_xquad_r,
+    sample_tatoeba,
 )
 from hbt.eval.index import ShardedIndex
-from hbt.eval.metrics import LAREQA_METRICS, ndcg_graded, per_query_metrics, rank_distance, spread
+from hbt.eval.metrics import LAREQA_METRICS, ndcg_graded, per_query_key, per_query_metrics, rank_distance, spread
 
 SPLITS = ("test", "dev")
 
@@ -53,12 +54,17 @@ class EvalResult:
         matrices: ``key -> {"languages": [...], "values": [[...]]}``; row = query
             language, column = pool language.
         info: counts, timings and settings of the run.
+        units: per ``per_query`` key, the row labels the study's bootstrap needs:
+            ``question`` (the cluster: a question's language versions and pairs
+            share it), ``article`` and ``stratum`` (the language or pair a
+            macro-averaged key averages over; absent for plain means).
     """
 
     metrics: dict[str, float]
     per_query: dict[str, np.ndarray]
     matrices: dict[str, dict]
     info: dict[str, Any] = field(default_factory=dict)
+    units: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def save(self, out_dir: str | os.PathLike) -> None:
         """Writes ``metrics.json``, ``matrices.json``, ``per_query.npz`` and ``info.json``."""
@@ -67,7 +73,10 @@ class EvalResult:
         (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True), encoding="utf-8")
         (out / "matrices.json").write_text(json.dumps(self.matrices, indent=2), encoding="utf-8")
         (out / "info.json").write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
-        np.savez_compressed(out / "per_query.npz", **{k: np.asarray(v) for k, v in self.per_query.items()})
+        arrays = {k: np.asarray(v) for k, v in self.per_query.items()}
+        for k, units in self.units.items():
+            arrays.update({f"{k}@{u}": np.asarray(v, dtype=str) for u, v in units.items()})
+        np.savez_compressed(out / "per_query.npz", **arrays)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "EvalResult":
@@ -77,9 +86,16 @@ class EvalResult:
         matrices = json.loads((out / "matrices.json").read_text(encoding="utf-8"))
         info_f = out / "info.json"
         info = json.loads(info_f.read_text(encoding="utf-8")) if info_f.exists() else {}
+        per_query: dict[str, np.ndarray] = {}
+        units: dict[str, dict[str, np.ndarray]] = {}
         with np.load(out / "per_query.npz", allow_pickle=False) as z:
-            per_query = {k: z[k] for k in z.files}
-        return cls(metrics, per_query, matrices, info)
+            for k in z.files:
+                key, _, unit = k.partition("@")
+                if unit:
+                    units.setdefault(key, {})[unit] = z[k]
+                else:
+                    per_query[key] = z[k]
+        return cls(metrics, per_query, matrices, info, units)
 
 
 # ---------------------------------------------------------------------------
@@ -143,16 +159,13 @@ def load_benchmarks(cfg: HBTConfig, split: str = "test") -> dict[str, Any]:
     for name in names:
         if name == "xquad_r":
             out[name] = load_xquad_r(resolve_path(e.xquad_r_path), langs[name], articles, e.max_questions,
-                                     e.pool == "question_paragraphs")
+                                     e.pool == "question_paragraphs", e.sample_seed)
         elif name == "mlqa_r":
             out[name] = load_mlqa_r(resolve_path(e.mlqa_r_path), langs[name], e.max_questions,
-                                    restrict_pool=e.pool == "question_paragraphs")
+                                    restrict_pool=e.pool == "question_paragraphs", sample_seed=e.sample_seed)
         elif name == "tatoeba":
             pairs = load_tatoeba(resolve_path(e.tatoeba_path), e.tatoeba_languages)
-            if e.max_questions is not None:
-                pairs = [BitextBenchmark(p.lang, p.src_texts[: e.max_questions], p.eng_texts[: e.max_questions])
-                         for p in pairs]
-            out[name] = pairs
+            out[name] = sample_tatoeba(pairs, e.max_questions, e.sample_seed)
         elif name == "miracl":
             if not e.miracl_path or not e.miracl_languages:
                 raise BenchmarkError(
@@ -168,15 +181,6 @@ def load_benchmarks(cfg: HBTConfig, split: str = "test") -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def per_query_key(metric_key: str) -> str:
-    """The ``per_query`` key of a metric: ``.../mAP`` is the mean of ``.../AP``; other keys are their own.
-
-    (The same convention as :func:`hbt.study.report.per_query_key`.)
-    """
-    head, _, last = metric_key.rpartition("/")
-    return f"{head}/AP" if last == "mAP" else metric_key
-
-
 class _Collector:
     """Accumulates metrics, per-query arrays and matrices under one key scheme."""
 
@@ -184,18 +188,34 @@ class _Collector:
         self.metrics: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}
         self.matrices: dict[str, dict] = {}
+        self.units: dict[str, dict[str, np.ndarray]] = {}
 
-    def add(self, key: str, values: np.ndarray) -> None:
+    def add(self, key: str, values: np.ndarray, questions: Any, articles: Any) -> None:
+        """A metric that is the plain mean of per-query values; ``questions``/``articles`` label the rows."""
         values = np.asarray(values, dtype=np.float64)
-        self.per_query[per_query_key(key)] = values
+        pk = per_query_key(key)
+        self.per_query[pk] = values
+        self.units[pk] = {"question": np.asarray(questions, dtype=str), "article": np.asarray(articles, dtype=str)}
+        if not (len(self.units[pk]["question"]) == len(self.units[pk]["article"]) == values.size):
+            raise ValueError(f"{key}: {values.size} values but {len(questions)} question and {len(articles)} article labels")
         self.metrics[key] = float(values.mean()) if values.size else float("nan")
 
     def add_mean(self, key: str, parts: list[str]) -> None:
-        """A macro mean over languages/pairs; its per-query array is the concatenation."""
+        """A macro mean over languages/pairs; its per-query array is the concatenation, each part a stratum."""
         if not parts:
             return
         self.metrics[key] = float(np.mean([self.metrics[p] for p in parts]))
-        self.per_query[per_query_key(key)] = np.concatenate([self.per_query[per_query_key(p)] for p in parts])
+        pks = [per_query_key(p) for p in parts]
+        pk = per_query_key(key)
+        self.per_query[pk] = np.concatenate([self.per_query[p] for p in pks])
+        self.units[pk] = {u: np.concatenate([self.units[p][u] for p in pks]) for u in ("question", "article")}
+        self.units[pk]["stratum"] = np.concatenate([np.full(self.per_query[p].size, p) for p in pks]).astype(str)
+
+    def alias(self, key: str, source: str) -> None:
+        """``key`` reports the same number as ``source`` (e.g. Tatoeba's headline direction)."""
+        self.metrics[key] = self.metrics[source]
+        self.per_query[per_query_key(key)] = self.per_query[per_query_key(source)]
+        self.units[per_query_key(key)] = self.units[per_query_key(source)]
 
 
 def score_qa(bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTConfig, out: _Collector) -> None:
@@ -211,6 +231,11 @@ def score_qa(bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTC
     name, L, settings = bench.name, bench.languages, cfg.eval.settings
     mono, cross = "monolingual" in settings, "cross_lingual" in settings
     pair: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    qid_of: dict[tuple[str, str], list[str]] = {}
+
+    def labels(qids: list[str]) -> tuple[list[str], list[str]]:
+        return qids, [bench.question_article.get(q, q) for q in qids]
+
     if mono or cross:
         for y in L:
             pool = bench.pool([y])
@@ -227,11 +252,12 @@ def score_qa(bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTC
             for x in xs:
                 n = q_sets[x].size
                 pair[(x, y)] = {m: v[start : start + n] for m, v in pq.items()}
+                qid_of[(x, y)] = [bench.query_qids[i] for i in q_sets[x]]
                 start += n
     if mono:
         for m in LAREQA_METRICS:
             for x in L:
-                out.add(f"{name}/monolingual/{x}/{m}", pair[(x, x)][m])
+                out.add(f"{name}/monolingual/{x}/{m}", pair[(x, x)][m], *labels(qid_of[(x, x)]))
             out.add_mean(f"{name}/monolingual/{m}", [f"{name}/monolingual/{x}/{m}" for x in L])
     if cross:
         for m in LAREQA_METRICS:
@@ -239,7 +265,7 @@ def score_qa(bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTC
             for x in L:
                 for y in L:
                     if x != y and pair[(x, y)][m].size:
-                        out.add(f"{name}/cross_lingual/{x}-{y}/{m}", pair[(x, y)][m])
+                        out.add(f"{name}/cross_lingual/{x}-{y}/{m}", pair[(x, y)][m], *labels(qid_of[(x, y)]))
                         keys.append(f"{name}/cross_lingual/{x}-{y}/{m}")
             out.add_mean(f"{name}/cross_lingual/{m}", keys)
             out.matrices[f"{name}/cross_lingual/{m}"] = {
@@ -260,10 +286,12 @@ def _score_multilingual(
     index.close()
     pq = per_query_metrics(ranks)
     q_lang = np.asarray(bench.query_langs)
+    qids = np.asarray(bench.query_qids)
+    arts = np.asarray([bench.question_article.get(q, q) for q in bench.query_qids])
     for m in LAREQA_METRICS:
-        out.add(f"{name}/multilingual/{m}", pq[m])
+        out.add(f"{name}/multilingual/{m}", pq[m], qids, arts)
         for x in L:
-            out.add(f"{name}/multilingual/{x}/{m}", pq[m][q_lang == x])
+            out.add(f"{name}/multilingual/{x}/{m}", pq[m][q_lang == x], qids[q_lang == x], arts[q_lang == x])
     # Language bias: does the ranking keep a question's parallel answers together,
     # and does it prefer the query's own language?
     cand_lang = np.asarray(bench.cand_langs)
@@ -271,9 +299,9 @@ def _score_multilingual(
     own = np.array(
         [cand_lang[rl[np.argmin(r)]] == ql for r, rl, ql in zip(ranks, rel, bench.query_langs)], dtype=np.float64
     )
-    out.add(f"{name}/bias/rank_distance_mean", dist)
+    out.add(f"{name}/bias/rank_distance_mean", dist, qids, arts)
     out.metrics[f"{name}/bias/rank_distance_median"] = float(np.median(dist))
-    out.add(f"{name}/bias/own_language_top1", own)
+    out.add(f"{name}/bias/own_language_top1", own, qids, arts)
     out.metrics[f"{name}/bias/own_language_chance"] = float(np.mean([1.0 / r.size for r in rel]))
     per_lang = [out.metrics[f"{name}/multilingual/{x}/mAP"] for x in L]
     out.metrics[f"{name}/bias/mAP_spread"], out.metrics[f"{name}/bias/mAP_std"] = spread(per_lang)
@@ -282,27 +310,32 @@ def _score_multilingual(
 
 def score_tatoeba(pairs: list[BitextBenchmark], embs: list[tuple[np.ndarray, np.ndarray]], cfg: HBTConfig,
                   out: _Collector) -> None:
-    """Tatoeba bitext retrieval both ways: accuracy@1 (XTREME: nearest neighbour by cosine) and MRR."""
+    """Tatoeba bitext retrieval both ways: accuracy@1 (XTREME: nearest neighbour by cosine) and MRR.
+
+    The query lines may be a sample (``eval.max_questions``); the targets are
+    always the whole other side (1000 lines), as in XTREME.
+    """
     xx_keys, en_keys = {"acc@1": [], "MRR": []}, {"acc@1": [], "MRR": []}
     for p, (src, eng) in zip(pairs, embs):
-        gold = [np.array([i]) for i in range(len(p.src_texts))]
+        lines = np.asarray(p.queries, dtype=np.int64)
+        gold = [np.array([i]) for i in lines]
+        labels = [f"{p.lang}:{i}" for i in lines]  # each line its own cluster: lines are not parallel across pairs
         for direction, queries, targets, keys in (
-            (f"{p.lang}-eng", src, eng, xx_keys),
-            (f"eng-{p.lang}", eng, src, en_keys),
+            (f"{p.lang}-eng", src[lines], eng, xx_keys),
+            (f"eng-{p.lang}", eng[lines], src, en_keys),
         ):
             index = ShardedIndex.from_config(targets, cfg.eval)
             ranks = np.array([r[0] for r in index.rank_of(queries, gold)])
             index.close()
-            out.add(f"tatoeba/{direction}/acc@1", (ranks == 1).astype(np.float64))
-            out.add(f"tatoeba/{direction}/MRR", 1.0 / ranks)
+            out.add(f"tatoeba/{direction}/acc@1", (ranks == 1).astype(np.float64), labels, labels)
+            out.add(f"tatoeba/{direction}/MRR", 1.0 / ranks, labels, labels)
             keys["acc@1"].append(f"tatoeba/{direction}/acc@1")
             keys["MRR"].append(f"tatoeba/{direction}/MRR")
     for m in ("acc@1", "MRR"):
         out.add_mean(f"tatoeba/xx-eng/{m}", xx_keys[m])
         out.add_mean(f"tatoeba/eng-xx/{m}", en_keys[m])
         # The XTREME headline number is the xx -> en direction.
-        out.metrics[f"tatoeba/{m}"] = out.metrics[f"tatoeba/xx-eng/{m}"]
-        out.per_query[f"tatoeba/{m}"] = out.per_query[f"tatoeba/xx-eng/{m}"]
+        out.alias(f"tatoeba/{m}", f"tatoeba/xx-eng/{m}")
 
 
 def score_miracl(benches: list[AdhocBenchmark], embs: list[tuple[np.ndarray, np.ndarray]], cfg: HBTConfig,
@@ -321,8 +354,9 @@ def score_miracl(benches: list[AdhocBenchmark], embs: list[tuple[np.ndarray, np.
             ndcg.append(ndcg_graded(ranked, list(judged.values()), 10))
             positives = sum(g > 0 for g in judged.values())
             recall.append(sum(g > 0 for g in ranked[:100]) / positives)
-        out.add(f"miracl/{b.lang}/nDCG@10", np.array(ndcg))
-        out.add(f"miracl/{b.lang}/R@100", np.array(recall))
+        labels = [f"{b.lang}:{q}" for q in b.query_ids]
+        out.add(f"miracl/{b.lang}/nDCG@10", np.array(ndcg), labels, labels)
+        out.add(f"miracl/{b.lang}/R@100", np.array(recall), labels, labels)
         keys["nDCG@10"].append(f"miracl/{b.lang}/nDCG@10")
         keys["R@100"].append(f"miracl/{b.lang}/R@100")
         if run_dir is not None:
@@ -390,11 +424,17 @@ def score_benchmarks(benches: dict[str, Any], emb: np.ndarray, where: dict[str, 
         sl = where[name]
         if isinstance(b, QABenchmark):
             score_qa(b, emb[sl[0]], emb[sl[1]], cfg, col)
+            per_article: dict[str, int] = {}
+            for q in b.answers:
+                per_article[b.question_article.get(q, "")] = per_article.get(b.question_article.get(q, ""), 0) + 1
             info[name] = {"languages": b.languages, "queries": b.num_queries, "candidates": b.num_candidates,
-                          "questions": len(b.answers), "articles": len(b.articles)}
+                          "candidates_per_language": {x: int(b.pool([x]).size) for x in b.languages},
+                          "questions": len(b.answers), "questions_available": b.all_questions,
+                          "articles": len(b.articles), "questions_per_article": per_article}
         elif name == "tatoeba":
             score_tatoeba(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col)
-            info[name] = {"languages": [p.lang for p in b], "pairs": [len(p.src_texts) for p in b]}
+            info[name] = {"languages": [p.lang for p in b], "pairs": [len(p.src_texts) for p in b],
+                          "queries": [len(p.queries) for p in b]}
         elif name == "miracl":
             score_miracl(b, [(emb[sl[2 * i]], emb[sl[2 * i + 1]]) for i in range(len(b))], cfg, col,
                          out / "runs" if out is not None else None)
@@ -450,7 +490,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
         BenchmarkError: bad benchmark files or language codes.
         ValueError: an unknown split, or ``dev`` without ``data.dev_articles``.
     """
-    from hbt.eval.encode import encode_with_ray
+    from hbt.eval.encode import encode_with_ray, truncation_shares
     from hbt.raysetup import init_ray
 
     t0 = time.time()
@@ -467,10 +507,14 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
                             "precision": cfg.eval.precision, "num_encoders": cfg.eval.num_encoders,
                             "texts": len(texts), "unique_texts": len(set(zip(kinds, texts)))}
     info.update(score_benchmarks(benches, emb, where, cfg, col, out))
+    for name, sl in where.items():
+        parts = [i for s in sl for i in range(s.start, s.stop)]
+        info[name]["truncated_at_max_length"] = truncation_shares(
+            str(model_dir), [texts[i] for i in parts], [kinds[i] for i in parts], cfg)
     t_end = time.time()
     info["seconds"] = {"load": round(t_load - t0, 2), "encode": round(t_enc - t_load, 2),
                        "score": round(t_end - t_enc, 2), "total": round(t_end - t0, 2)}
-    result = EvalResult(col.metrics, col.per_query, col.matrices, info)
+    result = EvalResult(col.metrics, col.per_query, col.matrices, info, col.units)
     result.save(out)
     return result
 

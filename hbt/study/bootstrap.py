@@ -1,24 +1,27 @@
-"""Paired bootstrap over queries: is system A better than system B?
+"""Paired cluster bootstrap of a difference between two systems, over questions and training seeds.
 
-Both systems are scored on the same queries, so the test resamples *queries*
-(pairs of scores) with replacement and looks at the distribution of the mean
-difference. This is the usual significance test for IR metrics that are means
-over queries (mAP, acc@1): it keeps the pairing, which removes the large
-between-query variance that an unpaired test would have to fight.
+The unit of resampling is the **cluster** (the study passes the question id):
+one question's language versions (7 rows in the monolingual and multilingual
+settings) and its X→Y pairs (42 rows) are strongly correlated, so drawing
+rows independently would make intervals 2–5× too narrow (the coverage tests in
+``tests/study/test_study_bootstrap.py`` show it). Each replicate draws
+clusters with replacement, the same draw for both systems (the comparison
+stays paired), and, where a system has several training seeds, draws its
+seeds with replacement too, so the interval also covers training randomness.
+
+The **statistic** is the one the report's score columns show: the mean over
+strata (languages, or ordered language pairs) of each stratum's mean, or the
+plain mean without strata. ``diff`` is therefore exactly the difference of the
+two score columns (each averaged over its seeds).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 import numpy as np
 
-Verdict = Literal["improves", "degrades", "no significant difference"]
-
-# Elements of the resample index matrix drawn per chunk (int64: 32 MB). A fixed
-# budget keeps memory flat for 10^5 queries and, because the chunking depends
-# only on the number of queries, keeps results reproducible for a given seed.
+# Elements of a (replicates x queries) weight matrix processed at once (float64: 32 MB).
 _CHUNK_ELEMENTS = 4_000_000
 
 
@@ -27,129 +30,165 @@ class BootstrapResult:
     """The outcome of :func:`paired_bootstrap`.
 
     Attributes:
-        mean_a: mean score of system A.
-        mean_b: mean score of system B.
-        diff: ``mean_a - mean_b``.
-        ci_low: lower end of the confidence interval of ``diff``.
-        ci_high: upper end of the confidence interval of ``diff``.
-        p_value: two-sided bootstrap p-value for ``diff == 0``; never below
-            ``1 / n_samples``, the resolution of the bootstrap.
-        n_queries: number of paired queries.
-        n_samples: bootstrap resamples drawn.
-        confidence: the interval's confidence level.
+        diff: ``statistic(a) - statistic(b)``, each averaged over its seeds.
+        low: lower end of the percentile confidence interval of ``diff``.
+        high: upper end.
+        p_value: two-sided bootstrap p-value for ``diff == 0`` (at least ``1 / n_resamples``).
+        n_clusters: clusters (questions) resampled.
+        n_queries: rows per seed.
+        n_resamples: bootstrap replicates.
+        confidence: the interval's level.
+        replicates: the replicate differences (for one-sided tests at a margin; not serialised).
     """
 
-    mean_a: float
-    mean_b: float
     diff: float
-    ci_low: float
-    ci_high: float
+    low: float
+    high: float
     p_value: float
+    n_clusters: int
     n_queries: int
-    n_samples: int
+    n_resamples: int
     confidence: float
+    replicates: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
 
-    def verdict(self, higher_is_better: bool = True) -> Verdict:
-        """What the interval says about A relative to B.
+    def p_at_most(self, threshold: float) -> float:
+        """One-sided p-value against ``H0: diff <= threshold`` (small: the difference lies above it)."""
+        return _tail(self.replicates, lambda r: r <= threshold)
 
-        Args:
-            higher_is_better: False for metrics where lower is better (e.g.
-                language bias); the verdict is then flipped.
-
-        Returns:
-            ``"improves"`` when the interval lies entirely on the better side
-            of 0, ``"degrades"`` when it lies entirely on the worse side, else
-            ``"no significant difference"``.
-        """
-        if self.ci_low > 0:
-            return "improves" if higher_is_better else "degrades"
-        if self.ci_high < 0:
-            return "degrades" if higher_is_better else "improves"
-        return "no significant difference"
+    def p_at_least(self, threshold: float) -> float:
+        """One-sided p-value against ``H0: diff >= threshold`` (small: the difference lies below it)."""
+        return _tail(self.replicates, lambda r: r >= threshold)
 
     def to_dict(self) -> dict[str, float | int]:
-        """A JSON-ready dict of the fields."""
-        return asdict(self)
+        """A JSON-ready dict of the scalar fields."""
+        return {k: getattr(self, k) for k in ("diff", "low", "high", "p_value", "n_clusters", "n_queries",
+                                              "n_resamples", "confidence")}
 
 
-def _as_scores(x: np.ndarray, name: str) -> np.ndarray:
+def _tail(reps: np.ndarray, pred) -> float:
+    if reps.size == 0:
+        raise ValueError("no replicates stored")
+    return float(max(np.count_nonzero(pred(reps)) / reps.size, 1.0 / reps.size))
+
+
+def _as_seeds(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of per-query scores, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: the bootstrap needs at least one query")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (n_queries,) or (n_seeds, n_queries), got {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: the bootstrap needs queries")
     bad = ~np.isfinite(arr)
     if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{name} has {int(bad.sum())} non-finite score(s) (first at query {first}: {arr[first]})"
-        )
+        s, q = (int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite score(s) (first: seed {s}, query {q})")
     return arr
+
+
+def _codes(x: np.ndarray | None, n: int, name: str) -> tuple[np.ndarray, int] | None:
+    if x is None:
+        return None
+    arr = np.asarray(x)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) like the scores, got {arr.shape}")
+    _, codes = np.unique(arr, return_inverse=True)
+    return codes.astype(np.int64), int(codes.max()) + 1
+
+
+def _statistic(scores: np.ndarray, strata: tuple[np.ndarray, int] | None) -> np.ndarray:
+    """Per row of ``scores`` (..., n): the mean over strata of stratum means (or the plain mean)."""
+    if strata is None:
+        return scores.mean(axis=-1)
+    codes, k = strata
+    sums = np.stack([scores[..., codes == s].mean(axis=-1) for s in range(k)], axis=-1)
+    return sums.mean(axis=-1)
 
 
 def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
-    n_samples: int = 1000,
+    *,
+    clusters: np.ndarray,
+    strata: np.ndarray | None = None,
+    n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> BootstrapResult:
-    """Paired bootstrap of the mean difference between two systems.
+    """Paired cluster bootstrap of ``statistic(a) - statistic(b)``.
 
     Args:
-        a: per-query scores of system A.
-        b: per-query scores of system B on the same queries, in the same order.
-        n_samples: bootstrap resamples.
-        confidence: confidence level of the percentile interval.
+        a: per-query scores of system A, shape ``(n_queries,)`` or ``(n_seeds, n_queries)``.
+        b: system B on the same queries in the same order; its seed count may differ.
+        clusters: ``(n_queries,)`` ids; queries with equal ids are drawn together
+            (the question id: all its language versions and X→Y pairs move as one).
+        strata: ``(n_queries,)`` language or pair of each query; the statistic is the
+            mean over strata of stratum means. ``None``: the plain mean.
+        n_resamples: bootstrap replicates.
+        confidence: level of the percentile interval.
         seed: seed of the resampling RNG.
 
     Returns:
-        The means, the difference ``mean(a) - mean(b)``, its percentile
-        confidence interval and a two-sided p-value.
+        The difference, its interval and a two-sided p-value.
 
     Raises:
-        ValueError: on arrays that are not 1-D, differ in length, are empty
-            or hold NaN/inf, or on a bad ``n_samples``/``confidence``.
+        ValueError: ``clusters``/``strata`` of the wrong length, ``a`` and ``b``
+            over different queries, NaN scores, fewer than 2 clusters, or a bad
+            ``n_resamples``/``confidence``; the message names the argument.
     """
-    a = _as_scores(a, "a")
-    b = _as_scores(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(
-            f"a and b must score the same queries: got {a.size} and {b.size} scores"
-        )
-    if int(n_samples) != n_samples or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples}")
+    A, B = _as_seeds(a, "a"), _as_seeds(b, "b")
+    n = A.shape[1]
+    if B.shape[1] != n:
+        raise ValueError(f"b must score the same queries as a: got {B.shape[1]} queries, a has {n}")
+    cl = _codes(clusters, n, "clusters")
+    assert cl is not None
+    c_codes, n_clusters = cl
+    if n_clusters < 2:
+        raise ValueError(f"clusters: the bootstrap needs at least 2 clusters, got {n_clusters}")
+    st = _codes(strata, n, "strata")
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    n_samples = int(n_samples)
+    n_resamples = int(n_resamples)
 
-    # The mean of a resample's differences equals the difference of its means,
-    # so resampling the paired differences is the paired bootstrap.
-    d = a - b
-    n = d.size
+    diff = float(_statistic(A, st).mean() - _statistic(B, st).mean())
+    s_codes, n_strata = st if st is not None else (np.zeros(n, np.int64), 1)
+    # Sums per (cluster, stratum) once: a replicate is then a reweighting of clusters,
+    # (replicates x clusters) @ (clusters x strata), whatever the number of rows.
+    cell = c_codes * n_strata + s_codes
+    counts = np.bincount(cell, minlength=n_clusters * n_strata).reshape(n_clusters, n_strata).astype(np.float64)
+    sums_a = np.stack([np.bincount(cell, weights=x, minlength=n_clusters * n_strata) for x in A]).reshape(
+        A.shape[0], n_clusters, n_strata)
+    sums_b = np.stack([np.bincount(cell, weights=x, minlength=n_clusters * n_strata) for x in B]).reshape(
+        B.shape[0], n_clusters, n_strata)
     rng = np.random.default_rng(seed)
-    boot = np.empty(n_samples, dtype=np.float64)
-    rows = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_samples, rows):
-        stop = min(start + rows, n_samples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        boot[start:stop] = d[idx].mean(axis=1)
-
+    reps = np.empty(n_resamples, dtype=np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // max(n_clusters * n_strata, 1))
+    for start in range(0, n_resamples, rows):
+        r = min(rows, n_resamples - start)
+        # How often each cluster was drawn: the same draw for both systems (paired).
+        w = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=r).astype(np.float64)
+        # Each system's seeds drawn with replacement: the replicate averages the drawn seeds.
+        wa = np.stack([np.bincount(x, minlength=A.shape[0]) for x in rng.integers(0, A.shape[0], (r, A.shape[0]))])
+        wb = np.stack([np.bincount(x, minlength=B.shape[0]) for x in rng.integers(0, B.shape[0], (r, B.shape[0]))])
+        num_a = sum((wa[:, [k]] / A.shape[0]) * (w @ sums_a[k]) for k in range(A.shape[0]))
+        num_b = sum((wb[:, [k]] / B.shape[0]) * (w @ sums_b[k]) for k in range(B.shape[0]))
+        den = w @ counts  # (r, strata)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # A stratum that drew no cluster in this replicate drops out of its mean.
+            reps[start : start + r] = np.nanmean(np.where(den > 0, (num_a - num_b) / den, np.nan), axis=1)
     alpha = 1.0 - confidence
-    ci_low, ci_high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
-    # Two-sided p-value: twice the smaller tail of the bootstrap distribution
-    # beyond 0. It agrees with the percentile interval (p < alpha exactly when
-    # the interval excludes 0, up to quantile interpolation).
-    tail = min(np.count_nonzero(boot <= 0.0), np.count_nonzero(boot >= 0.0)) / n_samples
-    p_value = float(min(1.0, max(2.0 * tail, 1.0 / n_samples)))
+    low, high = np.quantile(reps, [alpha / 2.0, 1.0 - alpha / 2.0])
+    tail = min(np.count_nonzero(reps <= 0.0), np.count_nonzero(reps >= 0.0)) / n_resamples
     return BootstrapResult(
-        mean_a=float(a.mean()),
-        mean_b=float(b.mean()),
-        diff=float(d.mean()),
-        ci_low=float(ci_low),
-        ci_high=float(ci_high),
-        p_value=p_value,
-        n_queries=int(n),
-        n_samples=n_samples,
+        diff=diff,
+        low=float(low),
+        high=float(high),
+        p_value=float(min(1.0, max(2.0 * tail, 1.0 / n_resamples))),
+        n_clusters=n_clusters,
+        n_queries=n,
+        n_resamples=n_resamples,
         confidence=float(confidence),
+        replicates=reps,
     )

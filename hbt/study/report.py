@@ -1,14 +1,15 @@
-"""The study report: HBT against its baselines, from plain evaluation results.
+"""The study report: does HBT hurt retrieval under domain shift? Verdicts from plain evaluation results.
 
-Input is ``scores[strategy][seed]``, each an :class:`EvalResultLike`, plus the
-zero-shot result. Output is ``report.json``, ``report.md`` and PNG plots in
-one directory. The module is pure: no Ray, no MLflow (the caller logs the
-files it returns).
+Input is ``scores[strategy][seed]``, each an :class:`EvalResultLike` (metrics,
+per-query arrays and their row labels), plus the zero-shot result. Output is
+``report.json``, ``report.md`` and PNG plots in one directory. The module is
+pure: no Ray, no MLflow (the caller logs the files it returns).
 
-Comparisons are paired over queries: with several seeds, each strategy's
-per-query scores are first averaged over its seeds, then HBT and a baseline
-are compared with :func:`hbt.study.bootstrap.paired_bootstrap`. Metrics
-without per-query arrays get the difference of means and no interval.
+Every comparison is HBT − comparator (each baseline and the zero-shot model)
+by the paired cluster bootstrap of :mod:`hbt.study.bootstrap` over questions
+and seeds; the pre-registered endpoints get verdicts from
+:mod:`hbt.study.verdicts`, and the report's one-sentence answer comes from
+those verdicts alone.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hbt.study.bootstrap import paired_bootstrap
+from hbt.eval.metrics import per_query_key
+from hbt.study.bootstrap import BootstrapResult, paired_bootstrap
+from hbt.study.verdicts import answer, noninferiority_verdicts, superiority_verdict
 
 DISPLAY_NAMES = {"x_x_mono": "X-X-mono", "x_y": "X-Y", "hbt": "HBT", "mixed_mono": "mixed-mono"}
 ZERO_SHOT = "zero_shot"
-# Phrases of the one-line answers, by aggregated verdict.
-_PHRASES = {
-    "improves": "improves {b}",
-    "degrades": "degrades {b}",
-    "no significant difference": "shows no significant difference on {b}",
-}
 
 
 class EvalResultLike(Protocol):
@@ -47,25 +44,6 @@ class EvalResultLike(Protocol):
     metrics: Mapping[str, float]
     per_query: Mapping[str, np.ndarray]
     matrices: Mapping[str, Mapping[str, Any]]
-
-
-def per_query_key(metric_key: str) -> str:
-    """The per-query array that a metric is the mean of.
-
-    ``.../mAP`` is the mean of ``.../AP``; every other metric (``acc@1``,
-    ``recall@k``, MRR, bias rates) is a mean of per-query values stored under
-    its own key.
-
-    Args:
-        metric_key: e.g. ``xquad_r/multilingual/mAP``.
-
-    Returns:
-        e.g. ``xquad_r/multilingual/AP``.
-    """
-    head, _, last = metric_key.rpartition("/")
-    if last == "mAP":
-        return f"{head}/AP" if head else "AP"
-    return metric_key
 
 
 def is_bias_metric(metric_key: str) -> bool:
@@ -98,18 +76,6 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
 
 
-def _seed_averaged(runs: Mapping[Any, EvalResultLike], key: str, strategy: str) -> np.ndarray | None:
-    arrays = [np.asarray(r.per_query[key], dtype=np.float64) for r in runs.values() if key in r.per_query]
-    if not arrays:
-        return None
-    if len(arrays) != len(runs):
-        raise ValueError(f"{strategy}: per-query {key!r} exists for only {len(arrays)} of {len(runs)} seeds")
-    sizes = {a.shape for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(f"{strategy}: per-query {key!r} has different lengths across seeds: {sorted(sizes)}")
-    return np.mean(arrays, axis=0)
-
-
 def _mean_matrix(results: Iterable[EvalResultLike], name: str) -> dict[str, Any] | None:
     mats = [r.matrices[name] for r in results if name in r.matrices]
     if not mats:
@@ -131,60 +97,78 @@ def _metric_value(result: EvalResultLike, key: str) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def _metric_row(
-    key: str,
-    scores: Mapping[str, Mapping[Any, EvalResultLike]],
-    zero_shot: EvalResultLike | None,
-    hbt_name: str,
-    baselines: Sequence[str],
-    higher_is_better: bool,
-    boot: dict[str, Any],
-) -> dict[str, Any]:
-    """One table row: every strategy's score and HBT − each baseline."""
+def _units(runs: Mapping[Any, EvalResultLike], key: str) -> dict[str, np.ndarray] | None:
+    """The row labels of a per-query key (identical across seeds, or an error)."""
+    found = [getattr(r, "units", {}).get(key) for r in runs.values()]
+    if any(u is None for u in found):
+        return None
+    first = found[0]
+    for u in found[1:]:
+        if not np.array_equal(u["question"], first["question"]):
+            raise ValueError(f"{key}: the seeds' evaluations list different queries")
+    return first
+
+
+def _stacked(runs: Mapping[Any, EvalResultLike], key: str, name: str) -> np.ndarray | None:
+    """(n_seeds, n_queries) per-query scores of one strategy, or None when any seed lacks them."""
+    arrays = [np.asarray(r.per_query[key], dtype=np.float64) for r in runs.values() if key in r.per_query]
+    if not arrays:
+        return None
+    if len(arrays) != len(runs):
+        raise ValueError(f"{name}: per-query {key!r} exists for only {len(arrays)} of {len(runs)} seeds")
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"{name}: per-query {key!r} has different lengths across seeds")
+    return np.stack(arrays)
+
+
+def _compare(key: str, runs: Mapping[str, Mapping[Any, EvalResultLike]], hbt: str, other: str,
+             boot: dict[str, Any], unit: str) -> BootstrapResult | None:
+    """HBT − ``other`` on ``key`` by the paired cluster bootstrap (None without per-query scores)."""
+    pq = per_query_key(key)
+    a, b = _stacked(runs[hbt], pq, hbt), _stacked(runs[other], pq, other)
+    units = _units(runs[hbt], pq)
+    if a is None or b is None or units is None:
+        return None
+    other_units = _units(runs[other], pq)
+    if other_units is None or not np.array_equal(other_units["question"], units["question"]):
+        raise ValueError(f"{pq}: {hbt} and {other} were evaluated on different queries")
+    # Articles are the unit only in domain (XQuAD-R): elsewhere a question is its own unit.
+    clusters = units["article"] if unit == "article" and key.startswith("xquad_r/") else units["question"]
+    try:
+        return paired_bootstrap(a, b, clusters=clusters, strata=units.get("stratum"), **boot)
+    except ValueError as e:
+        raise ValueError(f"{pq} ({hbt} vs {other}): {e}") from None
+
+
+def _metric_row(key: str, runs: Mapping[str, Mapping[Any, EvalResultLike]], hbt: str, comparators: Sequence[str],
+                higher_is_better: bool, boot: dict[str, Any], unit: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One table row (every strategy's score, HBT − each comparator with its interval) and the raw results."""
     benchmark, setting, metric = _split_key(key)
-    row: dict[str, Any] = {
-        "key": key,
-        "benchmark": benchmark,
-        "setting": setting,
-        "metric": metric,
-        "higher_is_better": higher_is_better,
-        "zero_shot": _metric_value(zero_shot, key) if zero_shot is not None else None,
-        "scores": {},
-        "comparisons": {},
-    }
-    for name, runs in scores.items():
-        per_seed = {str(s): v for s, r in runs.items() if (v := _metric_value(r, key)) is not None}
+    row: dict[str, Any] = {"key": key, "benchmark": benchmark, "setting": setting, "metric": metric,
+                           "higher_is_better": higher_is_better, "zero_shot": None, "scores": {}, "comparisons": {}}
+    for name, seeds in runs.items():
+        per_seed = {str(s): v for s, r in seeds.items() if (v := _metric_value(r, key)) is not None}
+        if name == ZERO_SHOT:
+            row["zero_shot"] = next(iter(per_seed.values()), None)
+            continue
         if per_seed:
             mean, std = _mean_std(list(per_seed.values()))
             row["scores"][name] = {"mean": mean, "std": std, "n_seeds": len(per_seed), "per_seed": per_seed}
         else:
             row["scores"][name] = None
-    pq_key = per_query_key(key)
-    hbt_pq = _seed_averaged(scores[hbt_name], pq_key, hbt_name)
-    for base in baselines:
-        s_h, s_b = row["scores"][hbt_name], row["scores"][base]
-        if s_h is None or s_b is None:
-            row["comparisons"][base] = None
-            continue
-        metric_diff = s_h["mean"] - s_b["mean"]
-        comp: dict[str, Any] = {"diff": metric_diff, "metric_diff": metric_diff, "per_query_key": None,
-                                "ci_low": None, "ci_high": None, "p_value": None, "verdict": None}
-        base_pq = _seed_averaged(scores[base], pq_key, base)
-        if hbt_pq is not None and base_pq is not None:
-            if hbt_pq.shape != base_pq.shape:
-                raise ValueError(f"{pq_key}: {hbt_name} has {hbt_pq.size} per-query scores, {base} has {base_pq.size}")
-            try:
-                res = paired_bootstrap(hbt_pq, base_pq, **boot)
-            except ValueError as e:
-                raise ValueError(f"{pq_key} ({hbt_name} vs {base}): {e}") from None
-            # "diff" is the bootstrap's own difference, so it always sits inside
-            # its CI; it equals metric_diff whenever the metric is the plain
-            # mean of its per-query array.
-            comp.update(res.to_dict())
-            comp["per_query_key"] = pq_key
-            comp["verdict"] = res.verdict(higher_is_better=higher_is_better)
-        row["comparisons"][base] = comp
-    return row
+    raw: dict[str, Any] = {}
+    for other in comparators:
+        res = _compare(key, runs, hbt, other, boot, unit)
+        raw[other] = res
+        if res is None:
+            h = row["scores"].get(hbt)
+            o = row["zero_shot"] if other == ZERO_SHOT else (row["scores"].get(other) or {}).get("mean")
+            diff = h["mean"] - o if h is not None and o is not None else None
+            row["comparisons"][other] = None if diff is None else {"diff": diff, "low": None, "high": None,
+                                                                   "p_value": None}
+        else:
+            row["comparisons"][other] = res.to_dict()
+    return row, raw
 
 
 def _bias_entry(
@@ -221,32 +205,37 @@ def compute_report(
     hbt_name: str = "hbt",
     baselines: Sequence[str] = ("x_x_mono", "x_y"),
     reductions: Sequence[str] = (),
-    n_samples: int = 1000,
+    n_samples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
     lower_is_better: Callable[[str], bool] = default_lower_is_better,
+    unit: str = "question",
+    margin: float = 0.01,
+    primary: str | None = None,
+    domain_shift: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Computes the report as a JSON-ready dict (no files).
 
     Args:
-        scores: ``scores[strategy][seed]`` → evaluation result.
+        scores: ``scores[strategy][seed]`` → evaluation result (with ``units``, the row labels).
         zero_shot: the untrained encoder's result, or None.
-        metrics: headline metric keys, e.g. ``xquad_r/multilingual/mAP``.
+        metrics: headline metric keys shown in the table, e.g. ``xquad_r/multilingual/mAP``.
         hbt_name: the strategy under test.
-        baselines: strategies HBT is compared against.
-        reductions: what a reduced (local) run cut, e.g. ``"2 of 12 layers"``.
-        n_samples: bootstrap resamples.
-        confidence: confidence level of the intervals.
-        seed: bootstrap seed.
+        baselines: strategies HBT is compared against (the zero-shot model is compared too).
+        reductions: what differs from the full protocol.
+        n_samples, confidence, seed: the paired cluster bootstrap's settings.
         lower_is_better: metric key → True when lower values are better.
+        unit: ``question`` or ``article`` (in-domain keys only): the bootstrap's cluster.
+        margin: the non-inferiority margin of the domain-shift endpoints.
+        primary: the in-domain endpoint, tested for superiority.
+        domain_shift: the domain-shift endpoints, tested for non-inferiority with Holm across the family.
 
     Returns:
-        The report: ``rows`` (one per metric), ``answers`` (one line per
-        benchmark), ``bias``, ``matrices`` (seed-averaged) and run facts.
+        The report: ``answer`` (one sentence from the verdicts), ``endpoints``, ``rows``,
+        ``bias``, ``matrices`` and the run facts.
 
     Raises:
-        ValueError: a named strategy is missing or has no seeds, or per-query
-            arrays cannot be paired.
+        ValueError: a named strategy or endpoint is missing, or per-query arrays cannot be paired.
     """
     for name in [hbt_name, *baselines]:
         if name not in scores:
@@ -254,105 +243,59 @@ def compute_report(
     for name, runs in scores.items():
         if not runs:
             raise ValueError(f"strategy {name!r} has no seeds")
-    boot = {"n_samples": n_samples, "confidence": confidence, "seed": seed}
-    rows = [
-        _metric_row(key, scores, zero_shot, hbt_name, baselines, not lower_is_better(key), boot) for key in metrics
-    ]
-    all_results = [r for runs in scores.values() for r in runs.values()]
+    runs: dict[str, Mapping[Any, EvalResultLike]] = dict(scores)
+    comparators = list(baselines)
     if zero_shot is not None:
-        all_results.append(zero_shot)
+        runs[ZERO_SHOT] = {0: zero_shot}
+        comparators.append(ZERO_SHOT)
+    boot = {"n_resamples": n_samples, "confidence": confidence, "seed": seed}
+    keys = list(dict.fromkeys([*metrics, *([primary] if primary else []), *domain_shift]))
+    rows, raw = {}, {}
+    for key in keys:
+        rows[key], raw[key] = _metric_row(key, runs, hbt_name, comparators, not lower_is_better(key), boot, unit)
+
+    endpoints: dict[str, Any] = {"margin": margin, "primary": None, "domain_shift": [], "holm_family": 0}
+    if primary:
+        comps = {}
+        for other in comparators:
+            res = raw[primary][other]
+            comps[other] = None if res is None else {**res.to_dict(), "verdict": superiority_verdict(res)}
+        endpoints["primary"] = {"key": primary, "test": "superiority", "comparisons": comps}
+    family = [(key, other, raw[key][other]) for key in domain_shift for other in comparators]
+    missing = [f"{k} vs {o}" for k, o, r in family if r is None]
+    if missing:
+        raise ValueError(f"domain-shift endpoints without per-query scores: {missing}")
+    verdicts = noninferiority_verdicts([r for _, _, r in family], margin, 1.0 - confidence)
+    for (key, other, res), v in zip(family, verdicts):
+        endpoints["domain_shift"].append({"key": key, "comparator": other, **res.to_dict(), **v})
+    endpoints["holm_family"] = len(family)
+    answer_text = answer([(e["key"], display_name(e["comparator"]), e["verdict"]) for e in endpoints["domain_shift"]],
+                         margin, display_name(hbt_name))
+
+    all_results = [r for seeds in runs.values() for r in seeds.values()]
     bias_keys = sorted({k for r in all_results for k in r.metrics if is_bias_metric(k)})
     bias = {key: _bias_entry(key, scores, zero_shot) for key in bias_keys}
     matrix_names = sorted({n for r in all_results for n in r.matrices})
     matrices = {name: _matrix_entry(name, scores, zero_shot) for name in matrix_names}
-
-    seeds = {name: [str(s) for s in runs] for name, runs in scores.items()}
-    multi_seed = any(len(s) > 1 for s in seeds.values())
-    report: dict[str, Any] = {
+    return {
+        "question": f"Does {display_name(hbt_name)} hurt retrieval under domain shift?",
+        "answer": answer_text,
         "hbt": hbt_name,
         "baselines": list(baselines),
+        "comparators": comparators,
         "strategies": list(scores),
-        "seeds": seeds,
+        "seeds": {name: [str(s) for s in seeds] for name, seeds in scores.items()},
         "reductions": list(reductions),
-        "bootstrap": {
-            "n_samples": n_samples,
-            "confidence": confidence,
-            "seed": seed,
-            "unit": "query",
-            "seed_averaging": (
-                "per-query scores are averaged over each strategy's seeds before the paired bootstrap"
-                if multi_seed
-                else "one seed per strategy: no seed averaging"
-            ),
-        },
+        "bootstrap": {"n_samples": n_samples, "confidence": confidence, "seed": seed, "unit": unit,
+                      "statistic": "mean over strata (languages or ordered pairs) of stratum means; plain mean "
+                                   "where a metric pools all queries",
+                      "seeds": "each replicate also draws each strategy's seeds with replacement"},
         "confidence_pct": round(confidence * 100),
-        "rows": rows,
+        "endpoints": endpoints,
+        "rows": [rows[k] for k in metrics],
         "bias": bias,
         "matrices": matrices,
     }
-    report["answers"] = _answers(report)
-    return report
-
-
-def _aggregate(verdicts: list[tuple[str, str]]) -> tuple[str, str]:
-    """Folds per-metric verdicts into one per benchmark and baseline.
-
-    Returns:
-        (verdict, detail): verdict is one of the three verdicts, ``mixed`` or
-        ``untested`` (no metric had per-query scores).
-    """
-    if not verdicts:
-        return "untested", ""
-    ups = [k for k, v in verdicts if v == "improves"]
-    downs = [k for k, v in verdicts if v == "degrades"]
-    if ups and downs:
-        return "mixed", f"improves {', '.join(ups)} but degrades {', '.join(downs)}"
-    if ups:
-        return "improves", ", ".join(ups)
-    if downs:
-        return "degrades", ", ".join(downs)
-    return "no significant difference", ""
-
-
-def _answers(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One answer per benchmark, from its non-bias headline metrics that have CIs."""
-    hbt = display_name(report["hbt"])
-    out = []
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in report["rows"]))
-    for bench in benchmarks:
-        per_base: dict[str, tuple[str, str]] = {}
-        for base in report["baselines"]:
-            vs = [
-                (r["setting"] + "/" + r["metric"] if r["setting"] else r["metric"], r["comparisons"][base]["verdict"])
-                for r in report["rows"]
-                if r["benchmark"] == bench
-                and not is_bias_metric(r["key"])
-                and r["comparisons"].get(base)
-                and r["comparisons"][base].get("verdict")
-            ]
-            per_base[base] = _aggregate(vs)
-        # Group baselines with the same verdict so the common case reads
-        # "HBT improves xquad_r vs X-X-mono and X-Y."
-        groups: dict[str, list[str]] = {}
-        for base, (verdict, _) in per_base.items():
-            groups.setdefault(verdict, []).append(base)
-        clauses = []
-        for verdict, bases in groups.items():
-            names = " and ".join(display_name(b) for b in bases)
-            if verdict in _PHRASES:
-                clauses.append(f"{_PHRASES[verdict].format(b=bench)} vs {names}")
-            elif verdict == "mixed":
-                details = "; ".join(f"vs {display_name(b)} it {per_base[b][1]}" for b in bases)
-                clauses.append(f"gives mixed results on {bench} vs {names} ({details})")
-            else:
-                clauses.append(f"cannot be tested on {bench} vs {names} (no per-query scores)")
-        line = f"{hbt} " + ", and ".join(clauses) + "."
-        out.append({
-            "benchmark": bench,
-            "line": line,
-            "verdicts": {b: v for b, (v, _) in per_base.items()},
-        })
-    return out
 
 
 def _fmt(x: float | None, signed: bool = False) -> str:
@@ -372,73 +315,93 @@ def _fmt_score(s: dict[str, Any] | None) -> str:
 def _fmt_comp(c: dict[str, Any] | None) -> str:
     if c is None:
         return "—"
-    if c.get("ci_low") is None:
+    if c.get("low") is None:
         return f"{_fmt(c['diff'], True)} (no CI)"
-    short = {"improves": "improves", "degrades": "degrades", "no significant difference": "n.s."}[c["verdict"]]
-    return f"{_fmt(c['diff'], True)} [{_fmt(c['ci_low'], True)}, {_fmt(c['ci_high'], True)}] {short}"
+    return f"{_fmt(c['diff'], True)} [{_fmt(c['low'], True)}, {_fmt(c['high'], True)}]"
+
+
+def _name(comp: str) -> str:
+    return "zero-shot" if comp == ZERO_SHOT else display_name(comp)
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """The markdown summary table (what the CLI prints).
+    """The markdown table of every headline metric: scores (mean ± std over seeds) and HBT − each comparator.
 
     Args:
         report: from :func:`compute_report` (or ``report.json`` loaded back).
-
-    Returns:
-        A markdown table: per benchmark and setting, each strategy's score
-        (mean ± std over seeds), zero-shot, and HBT − each baseline with CI.
     """
     hbt = display_name(report["hbt"])
     pct = report.get("confidence_pct", 95)
-    header = ["Benchmark", "Setting", "Metric", "Zero-shot"]
-    header += [display_name(s) for s in report["strategies"]]
-    header += [f"{hbt} − {display_name(b)} [{pct}% CI]" for b in report["baselines"]]
+    header = ["Benchmark", "Setting", "Metric", "Zero-shot"] + [display_name(s) for s in report["strategies"]]
+    header += [f"{hbt} − {_name(b)} [{pct}% CI]" for b in report["comparators"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in report["rows"]:
         metric = r["metric"] + ("" if r["higher_is_better"] else " ↓")
         cells = [r["benchmark"] or "—", r["setting"] or "—", metric, _fmt(r["zero_shot"])]
         cells += [_fmt_score(r["scores"].get(s)) for s in report["strategies"]]
-        cells += [_fmt_comp(r["comparisons"].get(b)) for b in report["baselines"]]
+        cells += [_fmt_comp(r["comparisons"].get(b)) for b in report["comparators"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def endpoints_table(report: dict[str, Any]) -> str:
+    """The pre-registered endpoints with their verdicts, as markdown."""
+    ep = report["endpoints"]
+    pct = report.get("confidence_pct", 95)
+    hbt = display_name(report["hbt"])
+    out = []
+    if ep.get("primary"):
+        out += [f"Primary, in domain (superiority): `{ep['primary']['key']}`", "",
+                f"| {hbt} − | difference [{pct}% CI] | verdict |", "|---|---|---|"]
+        for comp, c in ep["primary"]["comparisons"].items():
+            out.append(f"| {_name(comp)} | {_fmt_comp(c)} | {c['verdict'] if c else '—'} |")
+        out.append("")
+    if ep["domain_shift"]:
+        out += [f"Domain shift (non-inferiority at margin {ep['margin']:g}, Holm over {ep['holm_family']} comparisons):",
+                "", f"| endpoint | {hbt} − | difference [{pct}% CI] | p non-inferior (Holm) | verdict |",
+                "|---|---|---|---|---|"]
+        for e in ep["domain_shift"]:
+            out.append(f"| {e['key']} | {_name(e['comparator'])} | {_fmt_comp(e)} | "
+                       f"{e['p_noninferior']:.4f} ({e['p_noninferior_holm']:.4f}) | {e['verdict']} |")
+    return "\n".join(out)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """The whole ``report.md``: answers, table, method notes, reductions, plots."""
+    """The whole ``report.md``: the answer, the endpoints, the table, the method, the reductions and the plots."""
     hbt = display_name(report["hbt"])
     bs = report["bootstrap"]
+    ep = report["endpoints"]
     seeds = report["seeds"]
-    out = [f"# Study report: {hbt} vs {', '.join(display_name(b) for b in report['baselines'])}", ""]
-    out += ["## Answers", ""]
-    out += [f"- **{a['benchmark']}**: {a['line']}" for a in report["answers"]]
-    out += ["", "## Summary", "", summary_table(report), ""]
     seed_lists = {k: ", ".join(v) for k, v in seeds.items()}
     if len(set(seed_lists.values())) == 1:
         seed_text = f"seeds {next(iter(seed_lists.values()))} for every strategy"
     else:
         seed_text = "seeds " + "; ".join(f"{display_name(k)}: {v}" for k, v in seed_lists.items())
-    out += [
-        "Scores are means over seeds ± sample standard deviation (shown when a strategy has more than one "
-        f"seed; {seed_text}).",
-        f"Differences are {hbt} − baseline with {report.get('confidence_pct', 95)}% paired-bootstrap intervals "
-        f"over queries ({bs['n_samples']} resamples, seed {bs['seed']}); {bs['seed_averaging']}. "
-        "\"improves\"/\"degrades\": the interval excludes 0; \"n.s.\": it does not. "
-        "The intervals reflect query sampling; the spread over training seeds is the ± std. "
-        "\"(no CI)\": no per-query scores for that metric, so only the difference of means is shown. "
-        "↓ marks lower-is-better metrics (language bias). "
-        "The answers use each benchmark's non-bias metrics that have intervals.",
-        "",
-        "## Reductions",
-        "",
-    ]
-    if report["reductions"]:
-        out += [f"- {x}" for x in report["reductions"]]
-    else:
-        out += ["None: this is a full-scale run."]
+    out = [f"# {report['question']}", "", f"**{report['answer']}**", "",
+           "## Pre-registered endpoints", "", endpoints_table(report), "",
+           "## All headline metrics", "", summary_table(report), "",
+           "## Method", "",
+           f"Scores are means over training seeds ± their sample standard deviation ({seed_text}). "
+           f"Differences are {hbt} − comparator with {report.get('confidence_pct', 95)}% intervals from a paired "
+           f"cluster bootstrap ({bs['n_samples']} replicates, seed {bs['seed']}): each replicate draws "
+           f"{'articles (in domain; questions elsewhere)' if bs['unit'] == 'article' else 'questions'} with "
+           "replacement, the same draw for both systems, so a question's language versions and X→Y pairs move "
+           "together; it also draws each strategy's seeds with replacement, so the intervals cover training "
+           "randomness too. The statistic is the one in the score columns: the mean over languages (or ordered "
+           "pairs) of their means, or the plain mean where a metric pools all queries.",
+           "",
+           f"Verdicts: the primary endpoint is tested for superiority (better: the interval lies above 0). Each "
+           f"domain-shift endpoint is compared for {hbt} against each baseline and the zero-shot model with the "
+           f"non-inferiority margin {ep['margin']:g} (absolute): *non-inferior* when the difference is shown above "
+           f"−{ep['margin']:g}, *better* when above 0, *inferior* when below −{ep['margin']:g}, else *inconclusive*; "
+           "one-sided tests at 2.5%, Holm-adjusted across the family, so a verdict can be stricter than its "
+           "unadjusted interval. The answer above is derived from these verdicts alone; a non-significant "
+           "difference is not read as \"no harm\". ↓ marks lower-is-better metrics (language bias).",
+           "", "## Reductions", ""]
+    out += [f"- {x}" for x in report["reductions"]] or ["None: this is a full-scale run."]
     plots = report.get("files", {}).get("plots", [])
     if plots:
-        out += ["", "## Plots", ""]
-        out += [f"![{Path(p).stem}]({p})" for p in plots]
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(out) + "\n"
 
 
@@ -478,23 +441,21 @@ def _plot_matrices(name: str, per: dict[str, Any], order: list[str], path: Path)
 
 
 def _plot_bias(bias: dict[str, Any], order: list[str], path: Path) -> None:
+    """One panel per bias metric: rank distances (tens to hundreds) and rates (0–1) need their own axes."""
     from matplotlib.figure import Figure
 
     keys = list(bias)
-    groups = [s for s in [ZERO_SHOT, *order] if any(s in bias[k] for k in keys)]
-    width = 0.8 / max(1, len(groups))
-    fig = Figure(figsize=(max(5.0, 1.6 * len(keys) + 2.0), 4.0), layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(keys))
-    for i, s in enumerate(groups):
-        means = [bias[k][s]["mean"] if s in bias[k] else np.nan for k in keys]
-        errs = [(bias[k][s]["std"] or 0.0) if s in bias[k] else 0.0 for k in keys]
-        ax.bar(x + (i - (len(groups) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
-               label="zero-shot" if s == ZERO_SHOT else display_name(s))
-    ax.set_xticks(x, keys, fontsize=7, rotation=20, ha="right")
-    ax.set_ylabel("value (lower: less language bias)")
-    ax.set_title("Language bias per strategy (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    fig = Figure(figsize=(3.2 * len(keys) + 0.6, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, k in zip(axes, keys):
+        groups = [s for s in [ZERO_SHOT, *order] if s in bias[k]]
+        means = [bias[k][s]["mean"] for s in groups]
+        errs = [bias[k][s]["std"] or 0.0 for s in groups]
+        ax.bar(range(len(groups)), means, yerr=errs, capsize=3, color=[f"C{i}" for i in range(len(groups))])
+        ax.set_xticks(range(len(groups)), [_name(s) for s in groups], fontsize=7, rotation=30, ha="right")
+        ax.set_title(k, fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Language bias (lower: less bias; mean ± std over seeds)", fontsize=10)
     fig.savefig(path, dpi=120)
 
 

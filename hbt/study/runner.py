@@ -4,7 +4,8 @@ For each strategy and seed: train, then evaluate on the held-out XQuAD-R
 articles (in domain), MLQA-R (another QA dataset, never trained on) and
 Tatoeba (+ MIRACL when configured; domain-shifted); the untouched starting
 model is the zero-shot reference. The report compares HBT with each
-baseline with paired-bootstrap confidence intervals over queries.
+baseline and the zero-shot model by a paired cluster bootstrap over questions
+and seeds, and answers with pre-registered non-inferiority verdicts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from hbt.config import HBTConfig, dump_config, with_overrides
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
-from hbt.study.report import build_report, summary_table
+from hbt.study.report import build_report, endpoints_table, summary_table
 from hbt.tracking import tracker_for
 
 # Each strategy of the study as the batching it trains with. X-X-mono and X-Y
@@ -45,14 +46,19 @@ def headline_metrics(cfg: HBTConfig) -> list[str]:
             if "multilingual" in cfg.eval.settings:
                 keys += [f"{bench}/bias/own_language_top1", f"{bench}/bias/rank_distance_mean"]
         elif bench == "tatoeba":
-            keys += ["tatoeba/acc@1", "tatoeba/eng-xx/acc@1"]
+            keys += ["tatoeba/xx-eng/acc@1", "tatoeba/eng-xx/acc@1"]
         elif bench == "miracl" and cfg.eval.miracl_path:
             keys += ["miracl/nDCG@10", "miracl/R@100"]
     return keys
 
 
-def reductions(cfg: HBTConfig) -> list[str]:
-    """What this run cut relative to the paper-scale setup, for the report."""
+def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[str]:
+    """Everything this run does differently from the full protocol, for the report.
+
+    Args:
+        cfg: the study's config.
+        eval_info: the zero-shot evaluation's ``info`` (sizes, samples and truncation as measured).
+    """
     out = []
     if cfg.model.freeze_embeddings:
         out.append("word embeddings frozen (their optimizer update dominates a CPU step)")
@@ -64,12 +70,37 @@ def reductions(cfg: HBTConfig) -> list[str]:
         out.append(f"at most {cfg.data.max_questions} training questions")
     out.append(f"{cfg.train.max_steps} steps of {cfg.batching.global_batch_size} pairs, sequences of "
                f"{cfg.model.max_query_length}/{cfg.model.max_passage_length} tokens")
-    if cfg.eval.max_questions:
-        out.append(f"evaluation on at most {cfg.eval.max_questions} questions per benchmark and language")
+    out.append(f"{len(cfg.study.seeds)} training seed(s) per strategy ({', '.join(map(str, cfg.study.seeds))})")
     if cfg.eval.languages:
         out.append(f"evaluation languages {', '.join(cfg.eval.languages)}")
-    if len(cfg.study.seeds) == 1:
-        out.append("one seed (confidence intervals cover query sampling only)")
+    if cfg.eval.max_questions:
+        out.append(f"evaluation on a seeded sample of {cfg.eval.max_questions} questions per QA benchmark (stratified "
+                   f"by article for XQuAD-R, by context for MLQA-R; seed {cfg.eval.sample_seed}) and "
+                   f"{cfg.eval.max_questions} Tatoeba query lines per language against the full target side")
+    if cfg.eval.pool == "question_paragraphs":
+        out.append("QA candidate pools cut to the paragraphs of the sampled questions")
+    for name, bi in (eval_info or {}).items():
+        if not isinstance(bi, dict):
+            continue
+        parts = []
+        if "questions" in bi:
+            parts.append(f"{bi['questions']} of {bi.get('questions_available', '?')} questions in "
+                         f"{len(bi['languages'])} languages ({bi['queries']} queries)")
+            if bi.get("questions_per_article") and name == "xquad_r":
+                per = bi["questions_per_article"]
+                parts.append(f"questions per article {min(per.values())}–{max(per.values())} over {len(per)} articles")
+            if "candidates_per_language" in bi:
+                c = bi["candidates_per_language"]
+                parts.append(f"candidate pool {bi['candidates']} sentences ({min(c.values())}–{max(c.values())} per language)")
+        elif "pairs" in bi:
+            parts.append(f"{len(bi['languages'])} language pairs, {min(bi['queries'])} query lines each against "
+                         f"{min(bi['pairs'])} targets")
+        trunc = bi.get("truncated_at_max_length")
+        if trunc:
+            parts.append("truncated at eval.max_length " f"{cfg.eval.max_length}: "
+                         + ", ".join(f"{100 * v:.1f}% of {k} texts" for k, v in trunc.items()))
+        if parts:
+            out.append(f"{name}: " + "; ".join(parts))
     return out
 
 
@@ -118,8 +149,11 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
                 print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s, "
                       f"evaluated in {timings[f'eval/{tag}']:.0f}s", flush=True)
         report = build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
-                              baselines=[s for s in ("x_x_mono", "x_y") if s in scores],
-                              reductions=reductions(cfg), n_samples=cfg.study.bootstrap_samples)
+                              baselines=[s for s in cfg.study.strategies if s != "hbt"],
+                              reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
+                              confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
+                              margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
+                              domain_shift=cfg.domain_shift_endpoints())
         timings["total"] = time.time() - t0
         (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
         parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
@@ -131,6 +165,6 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
         parent.end("FAILED")
         raise
     parent.end("FINISHED")
-    print(summary_table(report))
+    print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
     print(f"\n[hbt] study finished in {timings['total']:.0f}s; report: {(study_dir / 'report.md').resolve()}")
     return report

@@ -161,7 +161,7 @@ def test_test_split_restricts_to_heldout_articles():
                                      "tatoeba_languages": ["deu"], "max_questions": 5}})
     b = load_benchmarks(cfg, "test")
     assert b["xquad_r"].articles == ARTICLES and b["xquad_r"].languages == ["de", "en"]
-    assert len(b["tatoeba"][0].src_texts) == 5
+    assert len(b["tatoeba"][0].queries) == 5 and len(b["tatoeba"][0].src_texts) == 1000  # targets stay whole
     dev = load_benchmarks(cfg, "dev")
     assert list(dev) == ["xquad_r"] and dev["xquad_r"].articles == ["Oxygen"]
     everything = load_benchmarks(config_from_dict({"data": {"heldout_articles": ARTICLES},

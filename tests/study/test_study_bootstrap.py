@@ -1,97 +1,106 @@
-"""The paired bootstrap on synthetic per-query scores with a known answer."""
+"""The paired cluster bootstrap: coverage under within-question correlation, the exact statistic, bad input."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
 
-from hbt.study.bootstrap import BootstrapResult, paired_bootstrap
+from hbt.study.bootstrap import paired_bootstrap
 
 
-def _scores(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.0, 1.0, n)
+def _correlated(rng: np.random.Generator, questions: int, strata: int, rho: float) -> tuple[np.ndarray, ...]:
+    """Two systems with true difference 0; rows of one question correlate by ``rho`` (per system)."""
+    def system() -> np.ndarray:
+        shared = rng.standard_normal(questions)[:, None]
+        return (np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal((questions, strata))).ravel()
+
+    clusters = np.repeat(np.arange(questions), strata)
+    stratum = np.tile(np.arange(strata), questions)
+    return system(), system(), clusters, stratum
 
 
-@pytest.mark.parametrize("shift", [0.05, -0.05])
-def test_recovers_a_known_difference(shift: float) -> None:
-    a = _scores(2000, 0)
-    noise = np.random.default_rng(1).normal(0.0, 0.1, a.size)
-    b = a + shift + noise
-    res = paired_bootstrap(b, a, n_samples=1000, seed=3)
-    assert res.ci_low <= shift <= res.ci_high
-    assert res.diff == pytest.approx(b.mean() - a.mean())
-    assert res.mean_a == pytest.approx(b.mean()) and res.mean_b == pytest.approx(a.mean())
-    assert res.verdict() == ("improves" if shift > 0 else "degrades")
-    # For a lower-is-better metric the same interval means the opposite.
-    assert res.verdict(higher_is_better=False) == ("degrades" if shift > 0 else "improves")
-    assert res.p_value <= 0.01
-    assert res.n_queries == 2000
+def _coverage(strata: int, per_row: bool, datasets: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for i in range(datasets):
+        a, b, clusters, stratum = _correlated(rng, 150, strata, 0.5)
+        res = paired_bootstrap(a, b, clusters=np.arange(a.size) if per_row else clusters, strata=stratum,
+                               n_resamples=1000, seed=i)
+        hits += res.low <= 0.0 <= res.high
+    return hits / datasets
 
 
-def test_no_difference_between_paired_noisy_systems() -> None:
-    # Two systems that share the per-query difficulty and differ only by
-    # independent noise of the same distribution.
-    base = _scores(1500, 0)
-    rng = np.random.default_rng(7)
-    a = base + rng.normal(0.0, 0.05, base.size)
-    b = base + rng.normal(0.0, 0.05, base.size)
-    res = paired_bootstrap(a, b, seed=0)
-    assert res.ci_low < 0.0 < res.ci_high
-    assert res.verdict() == "no significant difference"
-    assert res.p_value > 0.05
+def test_question_level_intervals_cover_at_the_nominal_rate_with_7_languages():
+    """150 questions x 7 languages, within-question correlation 0.5, true difference 0, 300 data sets."""
+    assert _coverage(7, per_row=False, datasets=300, seed=1) >= 0.93
 
 
-def test_identical_systems_have_a_zero_width_interval() -> None:
-    a = _scores(100, 0)
-    res = paired_bootstrap(a, a.copy())
-    assert res.diff == 0.0 and res.ci_low == 0.0 and res.ci_high == 0.0
-    assert res.p_value == 1.0
-    assert res.verdict() == "no significant difference"
+def test_per_row_resampling_undercovers_so_the_test_can_fail():
+    assert _coverage(7, per_row=True, datasets=300, seed=1) < 0.85
 
 
-def test_reproducible_for_a_seed() -> None:
-    a, b = _scores(300, 0), _scores(300, 1)
-    assert paired_bootstrap(a, b, seed=5) == paired_bootstrap(a, b, seed=5)
-    assert paired_bootstrap(a, b, seed=5).ci_low != paired_bootstrap(a, b, seed=6).ci_low
+@pytest.mark.slow
+def test_coverage_with_42_ordered_pairs():
+    assert _coverage(42, per_row=False, datasets=300, seed=2) >= 0.93
+    assert _coverage(42, per_row=True, datasets=300, seed=2) < 0.85
 
 
-def test_ci_matches_a_naive_loop() -> None:
-    a, b = _scores(50, 0), _scores(50, 1)
-    res = paired_bootstrap(a, b, n_samples=400, seed=11)
-    rng = np.random.default_rng(11)
-    idx = rng.integers(0, 50, size=(400, 50))
-    naive = np.array([a[i].mean() - b[i].mean() for i in idx])
-    lo, hi = np.quantile(naive, [0.025, 0.975])
-    assert res.ci_low == pytest.approx(lo) and res.ci_high == pytest.approx(hi)
+def test_diff_is_the_difference_of_macro_means_with_unequal_strata():
+    """MLQA-R shapes: 150 English queries, 56-74 in the others; the columns are macro means over languages."""
+    rng = np.random.default_rng(0)
+    sizes = {"en": 150, "ar": 56, "de": 61, "es": 74, "hi": 60, "vi": 70, "zh": 65}
+    stratum = np.concatenate([[lang] * n for lang, n in sizes.items()])
+    clusters = np.concatenate([rng.choice(150, n, replace=False) for n in sizes.values()])
+    a = rng.uniform(0, 1, stratum.size)
+    b = rng.uniform(0, 1, stratum.size)
+    res = paired_bootstrap(a, b, clusters=clusters, strata=stratum, n_resamples=200)
+    macro = lambda x: np.mean([x[stratum == s].mean() for s in sizes])  # noqa: E731
+    assert res.diff == pytest.approx(macro(a) - macro(b), abs=1e-12)
+    assert res.diff != pytest.approx(a.mean() - b.mean(), abs=1e-4)  # the micro mean would differ
+    assert res.low <= res.diff <= res.high
 
 
-def test_large_input_is_fast() -> None:
-    a, b = _scores(10_000, 0), _scores(10_000, 1)
-    t0 = time.perf_counter()
-    res = paired_bootstrap(a, b, n_samples=1000)
-    assert time.perf_counter() - t0 < 3.0
-    assert isinstance(res, BootstrapResult) and res.n_samples == 1000
+def test_seeds_average_and_may_differ_in_count():
+    rng = np.random.default_rng(3)
+    clusters = np.repeat(np.arange(40), 3)
+    a = rng.uniform(0, 1, (3, 120))
+    b = rng.uniform(0, 1, (2, 120))
+    res = paired_bootstrap(a, b, clusters=clusters, n_resamples=300)
+    assert res.diff == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+    # Seed variation widens the interval over a one-seed comparison of the seed means.
+    one = paired_bootstrap(a.mean(0), b.mean(0), clusters=clusters, n_resamples=300)
+    assert (res.high - res.low) > (one.high - one.low)
+
+
+def test_same_seed_same_interval():
+    rng = np.random.default_rng(4)
+    a, b = rng.uniform(0, 1, 50), rng.uniform(0, 1, 50)
+    clusters = np.repeat(np.arange(25), 2)
+    r1 = paired_bootstrap(a, b, clusters=clusters, seed=7, n_resamples=500)
+    r2 = paired_bootstrap(a, b, clusters=clusters, seed=7, n_resamples=500)
+    assert (r1.low, r1.high, r1.p_value) == (r2.low, r2.high, r2.p_value)
 
 
 @pytest.mark.parametrize(
-    ("a", "b", "match"),
+    "kwargs, match",
     [
-        (np.ones(3), np.ones(4), "same queries"),
-        (np.array([]), np.array([]), "empty"),
-        (np.array([1.0, np.nan]), np.ones(2), "non-finite"),
-        (np.ones(2), np.array([np.inf, 1.0]), "b has 1 non-finite"),
-        (np.ones((2, 2)), np.ones((2, 2)), "1-D"),
+        ({"clusters": np.arange(9)}, "clusters must have shape"),
+        ({"clusters": np.arange(10), "strata": np.arange(3)}, "strata must have shape"),
+        ({"clusters": np.zeros(10)}, "clusters: the bootstrap needs at least 2 clusters"),
     ],
 )
-def test_rejects_bad_input(a: np.ndarray, b: np.ndarray, match: str) -> None:
+def test_bad_labels_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        paired_bootstrap(a, b)
+        paired_bootstrap(np.ones(10), np.zeros(10), **kwargs)
 
 
-def test_rejects_bad_parameters() -> None:
-    with pytest.raises(ValueError, match="n_samples"):
-        paired_bootstrap(np.ones(3), np.ones(3), n_samples=0)
-    with pytest.raises(ValueError, match="confidence"):
-        paired_bootstrap(np.ones(3), np.ones(3), confidence=1.0)
+def test_bad_scores_name_the_argument():
+    c = np.arange(10)
+    with pytest.raises(ValueError, match="b must score the same queries"):
+        paired_bootstrap(np.ones(10), np.ones(9), clusters=c)
+    nan = np.ones(10)
+    nan[4] = np.nan
+    with pytest.raises(ValueError, match="a has 1 non-finite"):
+        paired_bootstrap(nan, np.ones(10), clusters=c)
+    with pytest.raises(ValueError, match="b has 1 non-finite"):
+        paired_bootstrap(np.ones(10), nan, clusters=c)

@@ -10,15 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hbt.study.report import build_report, compute_report, per_query_key, summary_table
+from hbt.eval.metrics import per_query_key
+from hbt.study.report import build_report, compute_report, endpoints_table, summary_table
 
 LANGS = ["ar", "de", "en"]
 METRICS = [
     "xquad_r/monolingual/mAP",
     "xquad_r/multilingual/mAP",
     "xquad_r/bias/own_language_top1",
-    "tatoeba/acc@1",
+    "tatoeba/xx-eng/acc@1",
 ]
+DOMAIN_SHIFT = ["tatoeba/xx-eng/acc@1"]
 
 
 @dataclass
@@ -28,120 +30,122 @@ class FakeResult:
     metrics: dict[str, float] = field(default_factory=dict)
     per_query: dict[str, np.ndarray] = field(default_factory=dict)
     matrices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    units: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def _result(shift: float, seed: int, n: int = 400, bias: float = 0.5, mono_shift: float = 0.0) -> FakeResult:
-    """Per-query AP = a shared difficulty + shift + small seed noise."""
-    difficulty = np.random.default_rng(0).uniform(0.2, 0.8, n)
-    noise = np.random.default_rng(100 + seed).normal(0.0, 0.02, n)
-    mono = difficulty + mono_shift + noise  # by default the same for every strategy
+def _result(shift: float, seed: int, n_q: int = 150, bias: float = 0.5, mono_shift: float = 0.0,
+            tatoeba_shift: float = 0.0) -> FakeResult:
+    """Per-query AP = a shared per-question difficulty + shift + small seed noise, 3 languages per question."""
+    q = np.repeat(np.arange(n_q), 3).astype(str)
+    lang = np.tile(LANGS, n_q)
+    difficulty = np.repeat(np.random.default_rng(0).uniform(0.2, 0.8, n_q), 3)
+    # Seed noise shared by a question's language versions (they move together), plus a little per row.
+    rng = np.random.default_rng(100 + seed)
+    noise = np.repeat(rng.normal(0.0, 0.02, n_q), 3) + rng.normal(0.0, 0.005, q.size)
+    mono = difficulty + mono_shift + noise
     multi = difficulty + shift + noise
-    acc = (np.random.default_rng(200 + seed).uniform(0, 1, 300) < 0.7).astype(float)
-    own = (np.random.default_rng(300 + seed).uniform(0, 1, n) < bias).astype(float)
-    per_query = {
-        "xquad_r/monolingual/AP": mono,
-        "xquad_r/multilingual/AP": multi,
-        "xquad_r/bias/own_language_top1": own,
+    own = (np.random.default_rng(300 + seed).uniform(0, 1, q.size) < bias).astype(float)
+    tat_p = np.clip(0.7 + tatoeba_shift, 0, 1)
+    acc = (np.random.default_rng(0).uniform(0, 1, 300) < tat_p).astype(float)
+    flip = np.random.default_rng(200 + seed).uniform(0, 1, 300) < 0.01  # a little seed noise
+    acc = np.where(flip, 1 - acc, acc)
+    lines = np.array([f"deu:{i}" for i in range(300)])
+    units = {
+        "xquad_r/monolingual/AP": {"question": q, "article": q, "stratum": lang},
+        "xquad_r/multilingual/AP": {"question": q, "article": q},
+        "xquad_r/bias/own_language_top1": {"question": q, "article": q},
+        "tatoeba/xx-eng/acc@1": {"question": lines, "article": lines},
     }
-    metrics = {k.replace("/AP", "/mAP"): float(v.mean()) for k, v in per_query.items()}
-    # tatoeba has no per-query array here: the report must show the difference without a CI.
-    metrics["tatoeba/acc@1"] = float(acc.mean())
+    per_query = {"xquad_r/monolingual/AP": mono, "xquad_r/multilingual/AP": multi,
+                 "xquad_r/bias/own_language_top1": own, "tatoeba/xx-eng/acc@1": acc}
+    metrics = {"xquad_r/monolingual/mAP": float(np.mean([mono[lang == x].mean() for x in LANGS])),
+               "xquad_r/multilingual/mAP": float(multi.mean()),
+               "xquad_r/bias/own_language_top1": float(own.mean()), "tatoeba/xx-eng/acc@1": float(acc.mean())}
     values = (np.full((3, 3), 0.4) + np.eye(3) * 0.3 + shift).tolist()
-    return FakeResult(metrics, per_query, {"xquad_r/xy_mAP": {"languages": LANGS, "values": values}})
+    return FakeResult(metrics, per_query, {"xquad_r/xy_mAP": {"languages": LANGS, "values": values}}, units)
 
 
-def _scores(hbt_shift: float, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[int, FakeResult]]:
+def _scores(hbt_shift: float, seeds: tuple[int, ...] = (0, 1, 2), tatoeba_shift: float = 0.0):
     return {
         "x_x_mono": {s: _result(0.0, s, bias=0.8) for s in seeds},
         "x_y": {s: _result(0.0, s + 10, bias=0.5) for s in seeds},
-        "hbt": {s: _result(hbt_shift, s + 20, bias=0.3) for s in seeds},
+        "hbt": {s: _result(hbt_shift, s + 20, bias=0.3, tatoeba_shift=tatoeba_shift) for s in seeds},
     }
 
 
 def test_per_query_key() -> None:
     assert per_query_key("xquad_r/multilingual/mAP") == "xquad_r/multilingual/AP"
+    assert per_query_key("mAP") == "AP"
     assert per_query_key("tatoeba/acc@1") == "tatoeba/acc@1"
-    assert per_query_key("xquad_r/bias/own_language_top1") == "xquad_r/bias/own_language_top1"
 
 
-def test_report_files_and_answers(tmp_path: Path) -> None:
+def test_report_files_endpoints_and_answer(tmp_path: Path) -> None:
     reductions = ["2 of 12 encoder layers", "3 of 11 languages"]
-    report = build_report(_scores(0.05), _result(-0.1, 99), METRICS, tmp_path, reductions=reductions, n_samples=500)
-
+    report = build_report(_scores(0.05), _result(-0.1, 99), METRICS, tmp_path, reductions=reductions, n_samples=500,
+                          primary="xquad_r/multilingual/mAP", domain_shift=DOMAIN_SHIFT, margin=0.05)
     for name in ["report.md", "report.json", "heatmap_xquad_r_xy_mAP.png", "bias.png"]:
         assert (tmp_path / name).stat().st_size > 0, name
-    assert (tmp_path / "bias.png").read_bytes()[:4] == b"\x89PNG"
-
     md = (tmp_path / "report.md").read_text()
-    assert "HBT improves xquad_r vs X-X-mono and X-Y." in md
-    assert "averaged over each strategy's seeds" in md
+    assert md.splitlines()[0] == "# Does HBT hurt retrieval under domain shift?"
+    assert report["answer"] in md and summary_table(report) in md and endpoints_table(report) in md
     assert all(r in md for r in reductions)
-    assert summary_table(report) in md
-    assert "(no CI)" in md  # tatoeba: no per-query scores
 
     loaded = json.loads((tmp_path / "report.json").read_text())
-    assert loaded["reductions"] == reductions
+    primary = loaded["endpoints"]["primary"]["comparisons"]
+    assert primary["x_y"]["verdict"] == "better" and primary["zero_shot"]["verdict"] == "better"
+    assert primary["x_y"]["low"] <= 0.05 <= primary["x_y"]["high"]
+    # Tatoeba equal in expectation, margin 0.05: non-inferior against both baselines and zero-shot.
+    ds = loaded["endpoints"]["domain_shift"]
+    assert [e["comparator"] for e in ds] == ["x_x_mono", "x_y", "zero_shot"]
+    assert all(e["verdict"] in ("non-inferior", "better") for e in ds)
+    assert loaded["answer"].startswith("No: HBT is non-inferior (margin 0.05")
     rows = {r["key"]: r for r in loaded["rows"]}
-    multi = rows["xquad_r/multilingual/mAP"]["comparisons"]["x_y"]
-    assert multi["ci_low"] <= 0.05 <= multi["ci_high"] and multi["verdict"] == "improves"
-    mono = rows["xquad_r/monolingual/mAP"]["comparisons"]["x_x_mono"]
-    assert mono["verdict"] == "no significant difference"
-    # Lower bias is better: HBT's lower own-language rate "improves".
-    assert rows["xquad_r/bias/own_language_top1"]["comparisons"]["x_x_mono"]["verdict"] == "improves"
-    assert rows["tatoeba/acc@1"]["comparisons"]["x_y"]["ci_low"] is None
-    hbt_score = rows["xquad_r/multilingual/mAP"]["scores"]["hbt"]
-    assert hbt_score["n_seeds"] == 3 and hbt_score["std"] > 0
-    assert summary_table(loaded) == summary_table(report)  # works on the JSON too
+    # diff is the difference of the score columns (seed means of macro means).
+    mono = rows["xquad_r/monolingual/mAP"]
+    col_diff = mono["scores"]["hbt"]["mean"] - mono["scores"]["x_y"]["mean"]
+    assert mono["comparisons"]["x_y"]["diff"] == pytest.approx(col_diff, abs=1e-12)
+    assert rows["xquad_r/multilingual/mAP"]["scores"]["hbt"]["n_seeds"] == 3
+    assert summary_table(loaded) == summary_table(report)
 
 
-@pytest.mark.parametrize(
-    ("shift", "phrase"),
-    [
-        (-0.05, "HBT degrades xquad_r vs X-X-mono and X-Y."),
-        (0.0, "HBT shows no significant difference on xquad_r vs X-X-mono and X-Y."),
-    ],
-)
-def test_answer_lines(shift: float, phrase: str) -> None:
-    report = compute_report(_scores(shift, seeds=(0,)), None, METRICS, n_samples=300)
-    lines = [a["line"] for a in report["answers"]]
-    assert phrase in lines
-    assert any(line.startswith("HBT cannot be tested on tatoeba") for line in lines)
-    # One seed: scores without ± std.
-    assert " ± " not in summary_table(report)
+def test_an_inferior_endpoint_answers_yes() -> None:
+    report = compute_report(_scores(0.0, tatoeba_shift=-0.2), None, METRICS, n_samples=300,
+                            domain_shift=DOMAIN_SHIFT, margin=0.01)
+    assert {e["verdict"] for e in report["endpoints"]["domain_shift"]} == {"inferior"}
+    assert report["answer"].startswith("Yes: HBT hurts retrieval under domain shift")
 
 
-def test_missing_strategy_is_an_error() -> None:
+def test_question_clusters_widen_the_interval() -> None:
+    """The same data resampled by question vs by row: the question interval is wider (3 correlated rows each)."""
+    scores = _scores(0.0, seeds=(0,))
+    by_q = compute_report(scores, None, METRICS, n_samples=500)
+    for runs in scores.values():
+        for r in runs.values():
+            u = r.units["xquad_r/multilingual/AP"]
+            u["question"] = u["article"] = np.arange(u["question"].size).astype(str)
+    by_row = compute_report(scores, None, METRICS, n_samples=500)
+    width = lambda rep: (lambda c: c["high"] - c["low"])(rep["rows"][1]["comparisons"]["x_y"])  # noqa: E731
+    assert width(by_q) > 1.3 * width(by_row)
+
+
+def test_missing_strategy_and_unpairable_queries_are_errors() -> None:
     scores = _scores(0.0, seeds=(0,))
     del scores["x_y"]
     with pytest.raises(ValueError, match="'x_y'"):
         compute_report(scores, None, METRICS)
-
-
-def test_unpairable_per_query_arrays_are_an_error() -> None:
     scores = _scores(0.0, seeds=(0,))
-    scores["x_y"][0] = _result(0.0, 0, n=100)
-    with pytest.raises(ValueError, match="per-query"):
+    scores["x_y"][0] = _result(0.0, 0, n_q=100)
+    with pytest.raises(ValueError, match="different queries"):
         compute_report(scores, None, METRICS)
-
-
-def test_mixed_answer_names_the_metrics() -> None:
-    scores = _scores(0.05, seeds=(0,))
-    scores["hbt"][0] = _result(0.05, 20, mono_shift=-0.05)
-    report = compute_report(scores, None, METRICS, n_samples=300)
-    line = report["answers"][0]["line"]
-    assert line.startswith("HBT gives mixed results on xquad_r vs X-X-mono and X-Y")
-    assert "vs X-Y it improves multilingual/mAP but degrades monolingual/mAP" in line
-    assert report["answers"][0]["verdicts"] == {"x_x_mono": "mixed", "x_y": "mixed"}
 
 
 def test_non_finite_metrics_are_missing_not_nan(tmp_path: Path) -> None:
     scores = _scores(0.05, seeds=(0,))
-    scores["x_y"][0].metrics["tatoeba/acc@1"] = float("nan")
+    scores["x_y"][0].metrics["tatoeba/xx-eng/acc@1"] = float("nan")
     scores["hbt"][0].matrices["xquad_r/xy_mAP"]["values"][0][1] = float("nan")  # a missing pair
     report = build_report(scores, None, METRICS, tmp_path, n_samples=200)
     rows = {r["key"]: r for r in report["rows"]}
-    assert rows["tatoeba/acc@1"]["scores"]["x_y"] is None
-    assert rows["tatoeba/acc@1"]["comparisons"]["x_y"] is None
+    assert rows["tatoeba/xx-eng/acc@1"]["scores"]["x_y"] is None
 
     def no_nan(c: str) -> None:
         raise AssertionError(f"{c} in report.json")

@@ -22,7 +22,11 @@ def test_local_study_lists_its_reductions_and_metrics():
     red = " ".join(reductions(cfg))
     assert "7 training languages" in red and "frozen" in red and "150 questions" in red
     keys = headline_metrics(cfg)
-    assert "xquad_r/multilingual/mAP" in keys and "mlqa_r/cross_lingual/mAP" in keys and "tatoeba/acc@1" in keys
+    assert "xquad_r/multilingual/mAP" in keys and "mlqa_r/cross_lingual/mAP" in keys and "tatoeba/xx-eng/acc@1" in keys
+    assert "3 training seed(s)" in red
+    assert cfg.domain_shift_endpoints() == ["mlqa_r/monolingual/mAP", "mlqa_r/cross_lingual/mAP",
+                                            "mlqa_r/multilingual/mAP", "tatoeba/xx-eng/acc@1", "tatoeba/eng-xx/acc@1"]
+    assert cfg.primary_endpoint() == "xquad_r/multilingual/mAP"
 
 
 @pytest.mark.slow
