@@ -9,7 +9,7 @@ InfoNCE at temperature 0.05):
   tokenises XQuAD-R, the worker streams batches, builds the hybrid (mono/cross)
   pairs and trains through a DeepSpeed engine (ZeRO stage 0 or 2). Ray is started
   with 3 logical CPUs so that the pipeline gets one (2 workers' CPUs on a 2-CPU
-  node starve Ray Data: shared/RAY_NOTES.md). Throughput is read from the rank-0
+  node starve Ray Data: docs/ray.md). Throughput is read from the rank-0
   ``metrics.jsonl``: the wall time between the log rows that close the warmup
   and the last step (logging included), and hbt's own ``train/samples_per_s``.
 - ``bare``: one process, the batches pre-tokenised in memory, ``Retriever``

@@ -216,12 +216,29 @@ class EvalConfig(_Strict):
     pool: Literal["full", "question_paragraphs"] = Field(
         "full", description="QA candidate pool: every sentence, or only the paragraphs of the kept questions."
     )
+    pool_by_benchmark: dict[Literal["xquad_r", "mlqa_r"], Literal["full", "question_paragraphs"]] = Field(
+        default_factory=dict, description="eval.pool for one QA benchmark (e.g. {mlqa_r: question_paragraphs}).")
+
+    @field_validator("num_encoders")
+    @classmethod
+    def _positive_encoders(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("num_encoders must be at least 1 (or auto)")
+        return v
+
+    def pool_of(self, benchmark: str) -> str:
+        """The candidate pool of one QA benchmark."""
+        return self.pool_by_benchmark.get(benchmark, self.pool)
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=4)
-    precision: Literal["fp32", "bf16", "bf16_weights"] = Field(
-        "fp32", description="Encoding precision: fp32; bf16 (autocast, fp32 weights); bf16_weights (the encoder "
-        "actors cast their weights to bf16: no per-call weight casts, bf16 norms and GELU).")
-    num_encoders: int = Field(1, ge=1, description="Encoder actors in the Ray Data pool.")
+    precision: Literal["auto", "fp32", "bf16", "bf16_weights"] = Field(
+        "auto", description="Encoding precision: auto (bf16_weights on a bf16 GPU or a CPU with AMX or AVX512-BF16, "
+        "else fp32); fp32; "
+        "bf16 (autocast, fp32 weights); bf16_weights (the encoder actors cast their weights to bf16: no per-call "
+        "weight casts, bf16 norms and GELU).")
+    num_encoders: int | Literal["auto"] = Field(
+        "auto", description="Encoder actors in the Ray Data pool; auto: as many as Ray's CPUs (or GPUs) hold at "
+        "eval.cpus_per_encoder (eval.gpus_per_encoder) each.")
     cpus_per_encoder: float = Field(1.0, gt=0)
     gpus_per_encoder: float = Field(0.0, ge=0)
     num_shards: int = Field(1, ge=1)

@@ -22,7 +22,7 @@ def tracking_uri(cfg: HBTConfig) -> str:
     """The MLflow URI: ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite store under ``output_dir``.
 
     The sqlite path is absolute: Ray workers run in session dirs, where a
-    relative store would be lost (RAY_NOTES).
+    relative store would be lost (docs/ray.md).
     """
     if cfg.tracking.uri:
         return cfg.tracking.uri

@@ -23,12 +23,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_head(temp_dir: str) -> None:
+    """Stops only the head this test started: its processes name its own temp dir (``ray stop`` would stop every Ray on the host)."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in proc.info["cmdline"] or []):
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in mine:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture
 def ray_head(tmp_path):
-    """A Ray head started the way a cluster is (token auth off for this local test only)."""
+    """A Ray head started the way a cluster is (token auth off for this local test only), in its own temp dir."""
+    import tempfile
+
     import ray
 
     ray.shutdown()  # this process's own local Ray, if a test started one; the next test restarts it
+    # A short private temp dir (Ray's socket paths must stay under 108 bytes): it marks this head's processes.
+    temp_dir = tempfile.mkdtemp(prefix="hbt-ray-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port, dash = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -37,12 +65,12 @@ def ray_head(tmp_path):
     agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
                    f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
+                    "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}", *agent_ports],
                    env=env, check=True, capture_output=True)
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        _stop_head(temp_dir)
 
 
 def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_dir, tmp_path):

@@ -128,6 +128,41 @@ def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: i
     return np.lexsort((np.arange(len(items)), lengths))
 
 
+def resolve_eval_auto(cfg: Any, verbose: bool = True) -> Any:
+    """The config with ``eval.precision`` / ``eval.num_encoders`` ``auto`` made concrete for the Ray cluster.
+
+    Precision: ``bf16_weights`` on a bf16 GPU (encoders with GPUs) or a CPU with
+    AMX or AVX512-BF16, else ``fp32``. Encoders: every GPU (at ``eval.gpus_per_encoder``), else every
+    CPU Ray has (at ``eval.cpus_per_encoder``). Explicit values are kept. The
+    choice is printed; the caller writes the returned config next to its results.
+    """
+    import ray
+
+    from hbt.config import with_overrides
+    from hbt.hardware import bf16_is_fast, resolve_precision
+
+    e = cfg.eval
+    if e.precision != "auto" and e.num_encoders != "auto":
+        return cfg
+    res = ray.cluster_resources() if ray.is_initialized() else {}
+    gpu = e.gpus_per_encoder > 0 and res.get("GPU", 0) > 0
+    updates: dict[str, Any] = {}
+    if e.num_encoders == "auto":
+        if gpu:
+            updates["eval.num_encoders"] = max(1, int(res["GPU"] // e.gpus_per_encoder))
+        else:
+            updates["eval.num_encoders"] = max(1, int(res.get("CPU", 1) // e.cpus_per_encoder))
+    if e.precision == "auto":
+        updates["eval.precision"] = resolve_precision("auto", gpu)
+    if verbose:
+        why = "bf16 GPU" if gpu and bf16_is_fast(True) else ("bf16 CPU (AMX/AVX512-BF16)" if bf16_is_fast(False)
+                                                             else "no bf16 GPU or CPU")
+        print(f"[hbt] eval auto: {updates.get('eval.num_encoders', e.num_encoders)} encoder actor(s), precision "
+              f"{updates.get('eval.precision', e.precision)} ({why}; Ray has {res.get('CPU', 0):g} CPUs, "
+              f"{res.get('GPU', 0):g} GPUs)", flush=True)
+    return with_overrides(cfg, updates)
+
+
 def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str], cfg: Any) -> dict[str, float]:
     """Share of queries and of passages longer than ``eval.max_length`` tokens (prefix and special tokens included).
 
@@ -285,7 +320,9 @@ def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds:
     """
     import torch
 
-    precision = precision or cfg.eval.precision
+    from hbt.hardware import resolve_precision
+
+    precision = resolve_precision(precision or cfg.eval.precision, getattr(device, "type", str(device)) == "cuda")
     if precision == "bf16_weights" and next(encoder.parameters()).dtype != torch.bfloat16:
         precision = "bf16"
     items, inverse = unique_items(texts, kinds)

@@ -37,6 +37,8 @@ from hbt.eval.index import ShardedIndex
 from hbt.eval.metrics import LAREQA_METRICS, ndcg_graded, per_query_key, per_query_metrics, rank_distance, spread
 
 SPLITS = ("test", "dev")
+# per_query.npz stores a key's row labels as "<key>::question" etc. (metric keys hold '@' and '/', never '::').
+_UNIT_SEP = "::"
 
 
 @dataclass
@@ -75,7 +77,7 @@ class EvalResult:
         (out / "info.json").write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
         arrays = {k: np.asarray(v) for k, v in self.per_query.items()}
         for k, units in self.units.items():
-            arrays.update({f"{k}@{u}": np.asarray(v, dtype=str) for u, v in units.items()})
+            arrays.update({f"{k}{_UNIT_SEP}{u}": np.asarray(v, dtype=str) for u, v in units.items()})
         np.savez_compressed(out / "per_query.npz", **arrays)
 
     @classmethod
@@ -90,7 +92,7 @@ class EvalResult:
         units: dict[str, dict[str, np.ndarray]] = {}
         with np.load(out / "per_query.npz", allow_pickle=False) as z:
             for k in z.files:
-                key, _, unit = k.partition("@")
+                key, _, unit = k.partition(_UNIT_SEP)
                 if unit:
                     units.setdefault(key, {})[unit] = z[k]
                 else:
@@ -159,10 +161,10 @@ def load_benchmarks(cfg: HBTConfig, split: str = "test") -> dict[str, Any]:
     for name in names:
         if name == "xquad_r":
             out[name] = load_xquad_r(resolve_path(e.xquad_r_path), langs[name], articles, e.max_questions,
-                                     e.pool == "question_paragraphs", e.sample_seed)
+                                     e.pool_of("xquad_r") == "question_paragraphs", e.sample_seed)
         elif name == "mlqa_r":
             out[name] = load_mlqa_r(resolve_path(e.mlqa_r_path), langs[name], e.max_questions,
-                                    restrict_pool=e.pool == "question_paragraphs", sample_seed=e.sample_seed)
+                                    restrict_pool=e.pool_of("mlqa_r") == "question_paragraphs", sample_seed=e.sample_seed)
         elif name == "tatoeba":
             pairs = load_tatoeba(resolve_path(e.tatoeba_path), e.tatoeba_languages)
             out[name] = sample_tatoeba(pairs, e.max_questions, e.sample_seed)
@@ -490,7 +492,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
         BenchmarkError: bad benchmark files or language codes.
         ValueError: an unknown split, or ``dev`` without ``data.dev_articles``.
     """
-    from hbt.eval.encode import encode_with_ray, truncation_shares
+    from hbt.eval.encode import encode_with_ray, resolve_eval_auto, truncation_shares
     from hbt.raysetup import init_ray
 
     t0 = time.time()
@@ -500,6 +502,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
     t_load = time.time()
     texts, kinds, where = _texts(benches)
     init_ray(cfg.ray.address)
+    cfg = resolve_eval_auto(cfg)
     emb = encode_with_ray(texts, kinds, str(model_dir), cfg, out)
     t_enc = time.time()
     col = _Collector()
@@ -533,11 +536,14 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
         parent_run_id: nest the run under this one (studies, tuning).
         tags: extra run tags.
     """
+    from hbt.eval.encode import resolve_eval_auto
     from hbt.raysetup import init_ray
     from hbt.tracking import tracker_for
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.ray.address)
+    cfg = resolve_eval_auto(cfg)  # the run's config.yaml and params record the concrete choice
     dump_config(cfg, out / "config.yaml")
     tracker = tracker_for(cfg, run_name, out, parent_run_id,
                           tags={"hbt.stage": "eval", "hbt.model_dir": str(model_dir), **(tags or {})})

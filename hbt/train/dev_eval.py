@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hbt.config import HBTConfig
-from hbt.tune.objective import OBJECTIVE, dev_metrics, objective_value, objective_weights
+from hbt.objective import OBJECTIVE, dev_metrics, objective_value, objective_weights
 
 
 class DevEvaluator:

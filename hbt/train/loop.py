@@ -35,7 +35,7 @@ def build_optimizer(model: torch.nn.Module, cfg: HBTConfig) -> torch.optim.Optim
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # fused AdamW is about twice as fast on CPU (RAY_NOTES) and standard on GPU.
+    # fused AdamW is about twice as fast on CPU (docs/ray.md) and standard on GPU.
     return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=cfg.deepspeed.fused_adam)
 
 

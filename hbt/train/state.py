@@ -17,7 +17,8 @@ class TrainState:
     Attributes:
         step: optimizer steps done.
         epoch: the data epoch in progress.
-        batch_in_epoch: local batches of this epoch already consumed.
+        batch_in_epoch: global batches of this epoch already trained on (the next one is
+            :meth:`hbt.data.batches.GlobalBatches.rows` of ``(epoch, batch_in_epoch)``).
         samples: global training pairs seen.
     """
 

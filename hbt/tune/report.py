@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from hbt.config import HBTConfig, load_config, with_overrides
-from hbt.tune.objective import BIAS_KEYS, OBJECTIVE, PARETO_KEYS
+from hbt.objective import BIAS_KEYS, OBJECTIVE, PARETO_KEYS
 
 # Tune's words: TERMINATED ran to its final report; ERROR raised; STOPPED
 # ended without a final report and without an error (a scheduler stopped it).
@@ -92,7 +92,7 @@ def best_config(cfg: HBTConfig, fixed: Mapping[str, Any], params: Mapping[str, A
     """The search's starting config with the space's fixed values and a trial's params applied.
 
     ``run_name`` is cleared, so training it starts a fresh run instead of
-    resuming one (RAY_NOTES).
+    resuming one (docs/ray.md).
     """
     return with_overrides(cfg, {**fixed, **params, "run_name": None})
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from hbt.config import ConfigError, HBTConfig, config_from_dict, flatten, with_overrides
-from hbt.tune.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
+from hbt.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
 from hbt.tune.report import TrialRow, write_reports
 from hbt.tune.space import SearchSpace, load_space, parse_space
 
@@ -45,7 +45,7 @@ def trial_run_name(search_dir: str | Path, trial_id: str) -> str:
     """The trial's Ray Train run name: unique per search and trial.
 
     A restarted trial (``--resume`` of an errored one) gets the same name, so
-    Ray Train continues from that trial's last checkpoint (RAY_NOTES).
+    Ray Train continues from that trial's last checkpoint (docs/ray.md).
     """
     return f"{Path(search_dir).name}-{trial_id}"
 
@@ -199,7 +199,7 @@ def max_concurrent_trials(cfg: HBTConfig) -> int:
     """``tune.max_concurrent_trials``, capped to what a local Ray can run at once.
 
     A trial holds ``ray.num_workers`` Train workers and needs a CPU left over
-    for Ray Data ingest; without it ingest backpressures forever (RAY_NOTES).
+    for Ray Data ingest; without it ingest backpressures forever (docs/ray.md).
     On a cluster (``ray.address`` or ``RAY_ADDRESS`` set, other than
     ``local``) the autoscaler adds nodes, so the setting is used as given.
     """
@@ -210,7 +210,7 @@ def max_concurrent_trials(cfg: HBTConfig) -> int:
         return n
     res = ray.cluster_resources()
     r = cfg.ray
-    per_trial_cpu = max(r.num_workers * r.cpus_per_worker + 1.0, cfg.eval.num_encoders * cfg.eval.cpus_per_encoder)
+    per_trial_cpu = max(r.num_workers * r.cpus_per_worker + 1.0, (cfg.eval.num_encoders if cfg.eval.num_encoders != "auto" else 1) * cfg.eval.cpus_per_encoder)
     fit = int(res.get("CPU", 0) // per_trial_cpu)
     if r.use_gpu and r.gpus_per_worker:
         fit = min(fit, int(res.get("GPU", 0) // (r.num_workers * r.gpus_per_worker)))

@@ -78,3 +78,18 @@ def test_bf16_precisions_stay_close_to_fp32_and_never_cast_a_live_model(offline_
     live = encode_with_model(enc, tok, texts, kinds, cfg, torch.device("cpu"))
     assert next(enc.parameters()).dtype == torch.float32
     np.testing.assert_allclose(live, emb["bf16"], atol=1e-6)
+
+
+def test_auto_eval_settings_become_concrete_and_explicit_ones_win(ray_local):
+    from hbt.config import load_config
+    from hbt.eval.encode import resolve_eval_auto
+    from hbt.hardware import bf16_is_fast
+
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    auto = resolve_eval_auto(load_config(None))
+    assert auto.eval.num_encoders == cpus  # one actor per CPU at eval.cpus_per_encoder=1
+    assert auto.eval.precision == ("bf16_weights" if bf16_is_fast(False) else "fp32")
+    explicit = resolve_eval_auto(load_config(None, ["eval.precision=fp32", "eval.num_encoders=1"]))
+    assert (explicit.eval.precision, explicit.eval.num_encoders) == ("fp32", 1)
+    half = resolve_eval_auto(load_config(None, ["eval.cpus_per_encoder=2"]))
+    assert half.eval.num_encoders == max(1, cpus // 2)

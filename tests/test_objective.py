@@ -7,7 +7,7 @@ import math
 import pytest
 
 from hbt.config import ConfigError, load_config
-from hbt.tune.objective import dev_metrics, objective_value, objective_weights, validate_objective
+from hbt.objective import dev_metrics, objective_value, objective_weights, validate_objective
 
 METRICS = {"dev/monolingual/mAP": 0.6, "dev/cross_lingual/mAP": 0.4, "dev/multilingual/mAP": 0.3,
            "dev/bias/own_language_top1": 0.9, "train/loss": 1.2}

@@ -1,0 +1,33 @@
+"""What the hardware runs fast: the ``auto`` choice of ``eval.precision``."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=2)
+def bf16_is_fast(gpu: bool) -> bool:
+    """True on a CUDA GPU with bf16 support, or a CPU with bf16 matrix instructions (AMX or AVX512-BF16).
+
+    Measured e5-small forward passes (batch 64, length 64, 2 threads): an AMD EPYC
+    with AVX512-BF16 ran 56-63 texts/s in fp32 and 117-132 in bf16; a Xeon with AMX
+    about 81 and 314-376. CPUs with neither emulate bf16 and ran 2-3x slower than fp32.
+    """
+    import torch
+
+    if gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        flags = ""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return "amx_bf16" in flags or "avx512_bf16" in flags or "AMX" in str(capability).upper()
+
+
+def resolve_precision(precision: str, gpu: bool) -> str:
+    """``auto`` becomes ``bf16_weights`` where bf16 is fast, else ``fp32``; explicit values stay."""
+    if precision != "auto":
+        return precision
+    return "bf16_weights" if bf16_is_fast(gpu) else "fp32"
