@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from hbt.config import ConfigError, HBTConfig, load_config
+from hbt.config import HBTConfig, HbtError, load_config
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hbt")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown (not installed)"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +114,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``hbt`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers on Ray.")
+    parser.add_argument("--version", action="version", version=f"hbt {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="sub", required=True)
@@ -162,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, MissingDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (HbtError, MissingDataError, FileNotFoundError) as e:
+        # Raised in a Ray task, the error arrives wrapped; its cause holds the one-line message.
+        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
         return 2
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)

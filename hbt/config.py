@@ -26,7 +26,11 @@ KNOWN_LANGUAGES = sorted(
 )
 
 
-class ConfigError(ValueError):
+class HbtError(Exception):
+    """A user's mistake or bad input: the CLI and ray_jobs print ``error: <message>`` and exit 2, no traceback."""
+
+
+class ConfigError(HbtError, ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 

@@ -165,3 +165,17 @@ def test_resolve_path_order(tmp_path, monkeypatch):
 def test_study_statistics_are_checked_at_load(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+def test_version_and_one_line_data_errors(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("hbt 0.")
+    bad = tmp_path / "a.jsonl"
+    bad.write_text('{"qid": "1", "lang": "en", "query": "q", "passage": "p", "passage_id": "x"}\n'
+                   '{"qid": "1", "lang": "de", "query": "q", "passage": "p"}\n', encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", "data", "inspect", f"data.path={bad}", "data.format=jsonl",
+                          "data.languages=[en,de]", "batching.global_batch_size=2", "ray.num_workers=1"],
+                         capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith(f"error: {bad}:2: inconsistent field: 'passage_id'") and "Traceback" not in out.stderr

@@ -18,10 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from hbt.config import KNOWN_LANGUAGES
+from hbt.config import KNOWN_LANGUAGES, HbtError
 
 
-class DataError(ValueError):
+class DataError(HbtError, ValueError):
     """A bad input record; the message names the file and line (or item)."""
 
     def __init__(self, where: str, reason: str) -> None:

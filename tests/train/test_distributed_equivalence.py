@@ -1,4 +1,4 @@
-"""2 workers x b equal 1 worker x 2b (ZeRO 0 and 2), and GradCache equals the plain step, with the false-negative mask.
+"""2 workers x b equal 1 worker x 2b (ZeRO 0, 2 and 3), and GradCache equals the plain step, with the false-negative mask.
 
 The fixed batch's passage groups collide inside a worker's slice and across
 the two workers' slices, so the gathered-group mask is exercised both ways.
@@ -115,7 +115,7 @@ def _assert_same(a: dict, b: dict, atol: float = 1e-5) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [0, 2])
+@pytest.mark.parametrize("zero", [0, 2, 3])
 def test_two_workers_equal_one_worker_with_the_global_batch(nodropout_model, ray_local, zero):
     batch = _fixed_global_batch(nodropout_model)
     one = _run(nodropout_model, batch, workers=1, zero=zero)

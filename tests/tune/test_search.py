@@ -200,8 +200,11 @@ def test_search_algorithms_and_scheduler():
     assert isinstance(build_search_alg(load_config(None, ["tune.search_alg=grid"]), 1), BasicVariantGenerator)
     opt = build_search_alg(load_config(None, ["tune.search_alg=optuna"]), 2)
     assert isinstance(opt, ConcurrencyLimiter) and opt.max_concurrent == 2 and opt.metric == "objective"
-    # Train-phase reports (no objective yet) must not reach Optuna's pruning hook.
+    # Train-phase reports (no objective yet) must not reach Optuna's pruning hook: plain
+    # OptunaSearch raises on them (there is no such trial, and no objective in the result).
     opt.searcher.on_trial_result("t", {"train/loss": 1.0, "training_iteration": 1})
+    with pytest.raises(Exception):
+        opt.searcher.on_trial_result("t", {"objective": 0.5, "training_iteration": 1})
     assert build_scheduler(load_config(None)) is None
     asha = build_scheduler(load_config(None, ["tune.scheduler=asha", "train.max_steps=20", "tune.asha_grace_period=5"]))
     assert isinstance(asha, ASHAScheduler) and asha.metric == "train/loss" and asha._time_attr == "step"
