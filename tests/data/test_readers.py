@@ -161,13 +161,18 @@ def test_grouped_jsonl_gz_and_parquet(tmp_path):
         list(iter_long_parquet(str(tmp_path / "t.parquet"), RecordGrouper(["en", "de"])))
 
 
-def test_mmarco_layout_shards_are_disjoint(tmp_path):
+def _mmarco(root: Path, qrels: list[str], passages: int = 10) -> None:
+    """An mMARCO-layout fixture: 10 queries and ``passages`` passages (pid 100 + i) in en and de."""
     for lang in ("en", "de"):
-        (tmp_path / "queries").mkdir(exist_ok=True)
-        (tmp_path / "collection").mkdir(exist_ok=True)
-        _write(tmp_path / "queries" / f"{lang}.tsv", [f"{q}\t{lang} query {q}" for q in range(10)])
-        _write(tmp_path / "collection" / f"{lang}.tsv", [f"{100 + q}\t{lang} passage {q}" for q in range(10)])
-    _write(tmp_path / "qrels.tsv", [f"{q}\t0\t{100 + q}\t1" for q in range(10)])
+        (root / "queries").mkdir(exist_ok=True)
+        (root / "collection").mkdir(exist_ok=True)
+        _write(root / "queries" / f"{lang}.tsv", [f"{q}\t{lang} query {q}" for q in range(10)])
+        _write(root / "collection" / f"{lang}.tsv", [f"{100 + q}\t{lang} passage {q}" for q in range(passages)])
+    _write(root / "qrels.tsv", qrels)
+
+
+def test_mmarco_layout_shards_are_disjoint(tmp_path):
+    _mmarco(tmp_path, [f"{q}\t0\t{100 + q}\t1" for q in range(10)])
     shards = [list(iter_mmarco(str(tmp_path), RecordGrouper(["en", "de"]), k, 3)) for k in range(3)]
     qids = [r["qid"] for s in shards for r in s]
     assert sorted(qids, key=int) == [str(q) for q in range(10)]
@@ -176,15 +181,9 @@ def test_mmarco_layout_shards_are_disjoint(tmp_path):
 
 
 def test_mmarco_multi_positive_query_across_a_shard_boundary(tmp_path):
-    """qid 7 has positives on qrels lines 4 and 5: a line-based split would hand it to two read tasks."""
-    for lang in ("en", "de"):
-        (tmp_path / "queries").mkdir(exist_ok=True)
-        (tmp_path / "collection").mkdir(exist_ok=True)
-        _write(tmp_path / "queries" / f"{lang}.tsv", [f"{q}\t{lang} query {q}" for q in range(10)])
-        _write(tmp_path / "collection" / f"{lang}.tsv", [f"{100 + q}\t{lang} passage {q}" for q in range(12)])
+    """qid 7 has positives on qrels lines 8 and 9: a line-based split would hand it to two read tasks."""
     qrels = [f"{q}\t0\t{100 + q}\t1" for q in range(7)] + ["7\t0\t107\t1", "7\t0\t110\t1"]
-    qrels += [f"{q}\t0\t{100 + q}\t1" for q in (8, 9)]
-    _write(tmp_path / "qrels.tsv", qrels)
+    _mmarco(tmp_path, qrels + [f"{q}\t0\t{100 + q}\t1" for q in (8, 9)], passages=12)
     for n in (2, 3, 4):
         shards = [list(iter_mmarco(str(tmp_path), RecordGrouper(["en", "de"]), k, n)) for k in range(n)]
         holders = [k for k, s in enumerate(shards) if any(r["qid"] == "7" for r in s)]
