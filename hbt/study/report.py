@@ -445,8 +445,12 @@ def _plot_bias(bias: dict[str, Any], order: list[str], path: Path) -> None:
     from matplotlib.figure import Figure
 
     keys = list(bias)
-    fig = Figure(figsize=(3.2 * len(keys) + 0.6, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(3.2 * ncols + 0.6, 3.0 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
     for ax, k in zip(axes, keys):
         groups = [s for s in [ZERO_SHOT, *order] if s in bias[k]]
         means = [bias[k][s]["mean"] for s in groups]

@@ -77,8 +77,10 @@ def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[
         out.append(f"evaluation on a seeded sample of {cfg.eval.max_questions} questions per QA benchmark (stratified "
                    f"by article for XQuAD-R, by context for MLQA-R; seed {cfg.eval.sample_seed}) and "
                    f"{cfg.eval.max_questions} Tatoeba query lines per language against the full target side")
-    if cfg.eval.pool == "question_paragraphs":
-        out.append("QA candidate pools cut to the paragraphs of the sampled questions")
+    cut = [b for b in ("xquad_r", "mlqa_r") if b in cfg.eval.benchmarks and cfg.eval.pool_of(b) == "question_paragraphs"]
+    if cut:
+        out.append(f"candidate pools of {', '.join(cut)} cut to the paragraphs of the sampled questions "
+                   "(eval.pool / eval.pool_by_benchmark: question_paragraphs) instead of every sentence")
     for name, bi in (eval_info or {}).items():
         if not isinstance(bi, dict):
             continue
