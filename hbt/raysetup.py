@@ -10,6 +10,24 @@ from typing import Any
 _FORWARDED_ENV = ("HBT_DATA_ROOT", "HBT_CACHE", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
+def _quiet_ray_data() -> None:
+    """Ray Data's progress bars only on a terminal, and no dump of its settings at each run.
+
+    Redirected to a file, the bars' redraws and the settings dump made up most of a
+    study's log (about 1000 lines); the per-operator summary lines stay.
+    """
+    import sys
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    tty = sys.stdout.isatty()
+    ctx.enable_progress_bars = tty
+    ctx.enable_operator_progress_bars = tty
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+
+
 def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Initialises Ray once per process.
 
@@ -26,6 +44,7 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    _quiet_ray_data()
     if address is None and not os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         address = "local"
     if address == "local":

@@ -38,7 +38,8 @@ def test_read_task_streams_block_by_block(tmp_path, ray_local):
     cfg = load_config(None, [f"data.path={tmp_path}", "data.format=grouped_jsonl", "data.languages=[en,de]"])
     ds = build_text_dataset(cfg).materialize()
     assert ds.count() == 20_000
-    sizes = [b.num_rows() for b in ds.iter_internal_ref_bundles()]
+    sizes = [entry.metadata.num_rows for bundle in ds.iter_internal_ref_bundles() for entry in bundle.blocks]
+    assert sum(sizes) == 20_000
     assert len(sizes) >= 20_000 // 256 and max(sizes) <= 256  # BLOCK_ROWS at a time
 
 
