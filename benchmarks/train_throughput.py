@@ -89,14 +89,17 @@ def base_overrides(model: str, warmup: int, steps: int, log_every: int) -> list[
 def build_steps(cfg, model_dir: str, n_steps: int) -> list[dict[str, Any]]:
     """Per step: the token tensors hbt's loop builds, and the prefixed texts.
 
-    Rows come in file order (what hbt streams with ``data.shuffle=false``), are
+    Rows come in the order hbt's loop takes them (canonical qid-hash order, then
+    ``GlobalBatches`` for epoch 0 with the config's seed and shuffle), are
     tokenised by hbt's own ``tokenize_rows`` and turned into pairs by
     ``assemble_pairs`` with the languages of ``plan_step``.
     """
     import numpy as np
     import torch
 
+    from hbt.data.batches import GlobalBatches, canonical_order
     from hbt.data.pipeline import assemble_pairs, iter_rows_local, tokenize_rows
+    from hbt.data.records import stable_hash
     from hbt.data.strategies import plan_step
     from hbt.train.job import prefixes
 
@@ -104,11 +107,13 @@ def build_steps(cfg, model_dir: str, n_steps: int) -> list[dict[str, Any]]:
     need = n_steps * BATCH
     if len(rows) < need:
         raise SystemExit(f"{len(rows)} training rows, {need} needed")
+    rows = [rows[i] for i in canonical_order(np.array([stable_hash(r["qid"]) for r in rows], dtype=np.int64))]
+    batches = GlobalBatches(len(rows), BATCH, cfg.batching.seed, cfg.data.shuffle)
     langs = list(cfg.data.languages)
     qp, pp = prefixes(cfg, model_dir)
     out = []
     for s in range(n_steps):
-        chunk = rows[s * BATCH : (s + 1) * BATCH]
+        chunk = [rows[i] for i in batches.rows(*batches.position(s))]
         cols = {k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]}
         tok = tokenize_rows(cols, model_dir, langs, qp, pp, MAX_LEN, MAX_LEN)
         batch = {k: torch.from_numpy(v) for k, v in tok.items()}

@@ -188,9 +188,12 @@ def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str]
 
 
 def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
+    from hbt.hardware import resolve_precision
+
     return {
         "model_dir": str(model_dir),
-        "precision": cfg.eval.precision,
+        # `auto` resolved for the actors' hardware (GPU actors when they ask for GPUs).
+        "precision": resolve_precision(cfg.eval.precision, cfg.eval.gpus_per_encoder > 0),
         "max_length": cfg.eval.max_length,
         "pooling": cfg.model.pooling,
         "query_prefix": cfg.model.query_prefix,
@@ -220,6 +223,7 @@ def encode_with_ray(
     """
     import ray
 
+    cfg = resolve_eval_auto(cfg, verbose=False)  # a no-op when the caller already resolved it
     items, inverse = unique_items(texts, kinds)
     if not items:
         return np.zeros((0, 0), np.float32)

@@ -38,7 +38,8 @@ def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local, tmp_path
     kinds = ["query", "passage", "query", "query", "passage", "passage", "query"] * 3
     texts += [f"Satz Nummer {i} " + "lang " * (i % 7) for i in range(30)]
     kinds += ["passage"] * 30
-    cfg = config_from_dict({"eval": {"batch_size": 4, "num_encoders": 2, "cpus_per_encoder": 0.5}})
+    # fp32 pinned: this compares code paths (the `auto` default is bf16 where bf16 is fast).
+    cfg = config_from_dict({"eval": {"batch_size": 4, "num_encoders": 2, "cpus_per_encoder": 0.5, "precision": "fp32"}})
     got = encode_with_ray(texts, kinds, str(tiny_model_dir), cfg, tmp_path)
     assert got.shape == (len(texts), 32) and got.dtype == np.float32
     assert len(list((tmp_path / "embeddings").glob("part-*.emb.npy"))) >= 2  # one shard per block
