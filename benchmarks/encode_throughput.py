@@ -13,8 +13,8 @@ Contenders, per precision (same texts, batch size, max length, 2 cores):
 
 Two throughputs per contender: end to end (texts to embeddings, model loads
 and, for hbt, actor start-up included) and steady (from the 4th batch's output to
-the last: hbt's output blocks are timed by the mtimes of the part files
-``encode_with_ray`` writes as each block arrives). The target (>= 0.9x per core)
+the last: hbt's output blocks are timed as ``encode_with_ray`` hands each
+one to its ``on_block`` callback). The target (>= 0.9x per core)
 is judged on the steady ratio: start-up is a constant a few seconds that a
 small benchmark would otherwise let dominate. Ray is started
 before and shut down after each hbt contender (not timed), so ``bare`` does not
@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,9 +118,8 @@ def _steady(marks: list[tuple[float, int]], first: int) -> float:
 
 
 def run_hbt(model_dir: str, texts: list[str], kinds: list[str], batch_size: int, max_length: int, precision: str,
-            actors: int, cpus: int, workdir: Path) -> dict[str, Any]:
+            actors: int, cpus: int) -> dict[str, Any]:
     """``encode_with_ray`` with ``actors`` encoders of ``cpus`` CPUs each."""
-    import numpy as np
     import ray
 
     from hbt.config import config_from_dict
@@ -131,20 +128,17 @@ def run_hbt(model_dir: str, texts: list[str], kinds: list[str], batch_size: int,
     cfg = config_from_dict({"eval": {"batch_size": batch_size, "max_length": max_length, "precision": precision,
                                      "num_encoders": actors, "cpus_per_encoder": cpus}})
     start_ray(THREADS)
-    out = workdir / f"hbt-{actors}x{cpus}"
+    marks: list[tuple[float, int]] = []
+
+    def on_block(n: int) -> None:  # each output block's arrival times the steady state
+        marks.append((time.perf_counter(), (marks[-1][1] if marks else 0) + n))
+
     try:
         t0 = time.perf_counter()
-        emb = encode_with_ray(texts, kinds, model_dir, cfg, out)
+        emb = encode_with_ray(texts, kinds, model_dir, cfg, on_block=on_block)
         wall = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    # encode_with_ray writes one part file per block as the block arrives: their mtimes time the steady state.
-    parts = sorted((out / "embeddings").glob("part-*.rows.npy"), key=lambda f: f.stat().st_mtime_ns)
-    done, marks = 0, []
-    for f in parts:
-        done += len(np.load(f))
-        marks.append((f.stat().st_mtime_ns / 1e9, done))
-    shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": wall, "texts_per_s": len(texts) / wall, "texts_per_s_steady": _steady(marks, batch_size * 4),
             "emb": emb}
 
@@ -178,27 +172,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         contenders += [(f"hbt_{a}x{c}", p) for a, c in layouts]
     if args.variants and "bf16" in precisions:
         contenders.append(("bare_bf16_weights", "bf16"))
-    workdir = Path(tempfile.mkdtemp(prefix="hbt-bench-encode-"))
     raw: dict[str, list[dict[str, Any]]] = {f"{n}/{p}": [] for n, p in contenders}
     first: dict[str, np.ndarray] = {}  # one embedding matrix per contender, for the accuracy check
-    try:
-        for rep in range(args.reps):
-            for name, prec in rotate(contenders, rep):
-                key = f"{name}/{prec}"
-                log(f"rep {rep + 1}/{args.reps}: {key}")
-                if name.startswith("bare"):
-                    r = run_bare(model_dir, texts, kinds, args.batch_size, args.max_length, prec,
-                                 bf16_weights=name == "bare_bf16_weights")
-                else:
-                    a, c = (int(x) for x in name[4:].split("x"))
-                    r = run_hbt(model_dir, texts, kinds, args.batch_size, args.max_length, prec, a, c, workdir)
-                emb = r.pop("emb")
-                first.setdefault(key, emb)
-                raw[key].append({k: round(v, 3) for k, v in r.items()})
-                log(f"  {key}: {r['texts_per_s']:.1f} texts/s ({r['wall_s']:.1f} s)")
-                gc.collect()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for rep in range(args.reps):
+        for name, prec in rotate(contenders, rep):
+            key = f"{name}/{prec}"
+            log(f"rep {rep + 1}/{args.reps}: {key}")
+            if name.startswith("bare"):
+                r = run_bare(model_dir, texts, kinds, args.batch_size, args.max_length, prec,
+                             bf16_weights=name == "bare_bf16_weights")
+            else:
+                a, c = (int(x) for x in name[4:].split("x"))
+                r = run_hbt(model_dir, texts, kinds, args.batch_size, args.max_length, prec, a, c)
+            emb = r.pop("emb")
+            first.setdefault(key, emb)
+            raw[key].append({k: round(v, 3) for k, v in r.items()})
+            log(f"  {key}: {r['texts_per_s']:.1f} texts/s ({r['wall_s']:.1f} s)")
+            gc.collect()
 
     diffs = {}
     for key, emb in first.items():

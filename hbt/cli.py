@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from hbt.config import HBTConfig, HbtError, load_config
+from hbt.config import ConfigError, HBTConfig, HbtError, load_config
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
@@ -86,11 +86,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    cfg = _require_data(load_config(args.config, args.overrides), args, train=False, evaluate=True)
-    from hbt.eval.runner import run_eval_job
+    from hbt.eval.job import eval_shortcuts
+    from hbt.model.storage import resolve_model_ref
 
-    result = run_eval_job(cfg, model=args.model, out_dir=args.out)
-    print(json.dumps(result, indent=2, default=str))
+    try:
+        shortcuts = eval_shortcuts(args.benchmark, args.data, args.langs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    args.overrides = [*args.overrides, *shortcuts]  # recorded in the run's config.yaml like any override
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=False, evaluate=True)
+    # The model is checked before Ray starts: a wrong name or an unreachable URI fails here.
+    if args.model is None:
+        from hbt.model.offline import resolve_model_path
+
+        model = resolve_model_ref(resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers), cfg.output_dir)
+    else:
+        model = resolve_model_ref(args.model, cfg.output_dir)
+    from hbt.eval.job import run_eval_job
+
+    result = run_eval_job(cfg, model, out_dir=args.out, output_json=args.output, track=not args.no_track)
+    print(f"\n{result['table']}\n")
+    print(f"results: {result['out_dir']} (metrics.json, matrices.json, per_query.npz, info.json, config.yaml)")
+    if args.output:
+        print(f"summary JSON: {Path(args.output).resolve()}")
     return 0
 
 
@@ -146,10 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, help="run name of an earlier run (under output_dir) to continue from its latest checkpoint")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a saved bi-encoder on the configured benchmarks")
+    e = sub.add_parser("eval", help="evaluate a bi-encoder on benchmarks; prints a summary table")
     _add_config_args(e)
-    e.add_argument("--model", default=None, help="model dir (default: model.name_or_path)")
-    e.add_argument("--out", default=None, help="output dir (default: output_dir/eval-<time>)")
+    e.add_argument("--model", default=None, help="a model dir, a storage URI (s3://...), a training run name under "
+                   "output_dir, or a hub id (default: the config's model.name_or_path)")
+    e.add_argument("--benchmark", default=None, help="comma-separated: xquad_r,mlqa_r,tatoeba,miracl "
+                   "(sets eval.benchmarks)")
+    e.add_argument("--data", default=None, help="the data path of the one --benchmark (sets eval.<name>_path)")
+    e.add_argument("--langs", default=None, help="comma-separated language codes (sets eval.languages, or "
+                   "eval.tatoeba_languages / eval.miracl_languages for those alone)")
+    e.add_argument("--output", default=None, metavar="FILE.json", help="also write the summary as JSON "
+                   "(settings, X->Y matrix, language bias, flat metrics)")
+    e.add_argument("--out", default=None, help="results dir (default: output_dir/eval-<time>)")
+    e.add_argument("--no-track", action="store_true", help="no MLflow run: files only")
     e.add_argument("--fetch", action="store_true", help="first download the configured benchmarks that are missing")
     e.set_defaults(func=_cmd_eval)
 

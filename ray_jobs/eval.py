@@ -1,20 +1,13 @@
-"""Evaluate a saved bi-encoder on the configured benchmarks.
+"""The older name of :mod:`ray_jobs.evaluate` (same flags as ``hbt eval``), kept for existing job scripts.
 
     ray job submit --working-dir . -- python -m ray_jobs.eval --config configs/local.yaml --model DIR
 """
 
 from __future__ import annotations
 
-import json
+import sys
 
-from hbt.eval.runner import run_eval_job
-from ray_jobs._args import parse
-
-
-def main() -> None:
-    cfg, args = parse(__doc__, [(("--model",), {"default": None}), (("--out",), {"default": None})])
-    print(json.dumps(run_eval_job(cfg, model=args.model, out_dir=args.out), indent=2, default=str))
-
+from ray_jobs.evaluate import run
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

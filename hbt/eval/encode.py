@@ -5,18 +5,15 @@ across questions and settings), sorts them by token length so a batch holds
 texts of similar length (little padding), and streams them through
 ``map_batches`` over an :class:`~ray.data.ActorPoolStrategy` of
 :class:`EncoderActor` s, each holding one model (on a GPU when
-``eval.gpus_per_encoder > 0``). Results come back block by block and are
-written as ``.npy`` shards in ``<out_dir>/embeddings`` before being assembled.
+``eval.gpus_per_encoder > 0``). Results come back block by block into one
+matrix; nothing is written to disk (no run ever read the shards back).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -49,10 +46,12 @@ class EncoderActor:
         import torch
 
         from hbt.model.encoder import load_encoder
+        from hbt.model.storage import local_model_dir
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.encoder, self.tokenizer = load_encoder(model_dir, pooling, query_prefix, passage_prefix)
+        # A storage URI is fetched here, on the actor's node: no driver path crosses nodes.
+        self.encoder, self.tokenizer = load_encoder(local_model_dir(model_dir), pooling, query_prefix, passage_prefix)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder.to(self.device).eval()
         if precision not in PRECISIONS:
@@ -118,7 +117,9 @@ def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: i
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        from hbt.model.storage import local_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(local_model_dir(str(tokenizer)))
     lengths = np.zeros(len(items), dtype=np.int64)
     step = 4096
     for s in range(0, len(items), step):
@@ -173,6 +174,9 @@ def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str]
 
     from hbt.model.metadata import read_metadata
 
+    from hbt.model.storage import local_model_dir
+
+    model_dir = local_model_dir(model_dir)
     meta = read_metadata(model_dir)
     prefix = {"query": cfg.model.query_prefix if cfg.model.query_prefix is not None else meta.query_prefix,
               "passage": cfg.model.passage_prefix if cfg.model.passage_prefix is not None else meta.passage_prefix}
@@ -207,7 +211,7 @@ def encode_with_ray(
     kinds: Sequence[str],
     model_dir: str,
     cfg: Any,
-    out_dir: str | os.PathLike,
+    on_block: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Embeds texts through Ray Data with an actor pool; Ray must be initialised.
 
@@ -216,7 +220,8 @@ def encode_with_ray(
         kinds: ``query`` or ``passage`` per text (picks the model's prefix).
         model_dir: the encoder checkpoint.
         cfg: an :class:`hbt.config.HBTConfig` (``eval.*`` sizes the pool and batches).
-        out_dir: the embedding shards go to ``<out_dir>/embeddings``.
+        on_block: called with the number of unique texts in each output block as it
+            arrives (progress; the throughput benchmark times the steady state with it).
 
     Returns:
         (len(texts), dim) float32 embeddings in input order.
@@ -243,52 +248,22 @@ def encode_with_ray(
         num_cpus=cfg.eval.cpus_per_encoder,
         num_gpus=cfg.eval.gpus_per_encoder,
     )
-    shard_dir = Path(out_dir) / "embeddings"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for old in shard_dir.glob("part-*.npy"):
-        old.unlink()
-    t0 = time.time()
-    parts = 0
+    unique_emb: np.ndarray | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        np.save(shard_dir / f"part-{parts:05d}.rows.npy", batch["row"])
-        np.save(shard_dir / f"part-{parts:05d}.emb.npy", batch["embedding"].astype(np.float32))
-        parts += 1
-    unique_emb = load_embedding_shards(shard_dir, len(items))
-    (shard_dir / "manifest.json").write_text(
-        json.dumps(
-            {"model_dir": str(model_dir), "unique_texts": len(items), "inputs": len(texts), "dim": unique_emb.shape[1],
-             "parts": parts, "precision": cfg.eval.precision, "seconds": round(time.time() - t0, 2)},
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
-    return unique_emb[inverse]
-
-
-def load_embedding_shards(shard_dir: str | os.PathLike, count: int) -> np.ndarray:
-    """Assembles ``part-*.rows.npy`` / ``part-*.emb.npy`` shards into one (count, dim) matrix.
-
-    Raises:
-        ValueError: a row is missing or duplicated.
-    """
-    shard_dir = Path(shard_dir)
-    rows_files = sorted(shard_dir.glob("part-*.rows.npy"))
-    if not rows_files:
-        raise ValueError(f"no embedding shards in {shard_dir}")
-    out: np.ndarray | None = None
-    seen = np.zeros(count, dtype=bool)
-    for rf in rows_files:
-        rows = np.load(rf)
-        emb = np.load(rf.with_name(rf.name.replace(".rows.npy", ".emb.npy")))
-        if out is None:
-            out = np.empty((count, emb.shape[1]), dtype=np.float32)
+        if unique_emb is None:
+            unique_emb = np.empty((len(items), batch["embedding"].shape[1]), np.float32)
+            seen = np.zeros(len(items), dtype=bool)
+        rows = batch["row"]
         if seen[rows].any():
-            raise ValueError(f"{rf}: rows embedded twice")
+            raise RuntimeError("encode_with_ray: a text came back twice from the actor pool")
         seen[rows] = True
-        out[rows] = emb
-    if not seen.all():
-        raise ValueError(f"{shard_dir}: {int((~seen).sum())} of {count} rows have no embedding")
-    return out
+        unique_emb[rows] = batch["embedding"]
+        if on_block is not None:
+            on_block(len(rows))
+    if unique_emb is None or not seen.all():
+        missing = len(items) if unique_emb is None else int((~seen).sum())
+        raise RuntimeError(f"encode_with_ray: {missing} of {len(items)} texts came back without an embedding")
+    return unique_emb[inverse]
 
 
 def encode_in_process(

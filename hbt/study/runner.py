@@ -38,18 +38,10 @@ def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
 
 
 def headline_metrics(cfg: HBTConfig) -> list[str]:
-    """The metric keys the report compares, per configured benchmark."""
-    keys: list[str] = []
-    for bench in cfg.eval.benchmarks:
-        if bench in ("xquad_r", "mlqa_r"):
-            keys += [f"{bench}/{s}/mAP" for s in cfg.eval.settings]
-            if "multilingual" in cfg.eval.settings:
-                keys += [f"{bench}/bias/own_language_top1", f"{bench}/bias/rank_distance_mean"]
-        elif bench == "tatoeba":
-            keys += ["tatoeba/xx-eng/acc@1", "tatoeba/eng-xx/acc@1"]
-        elif bench == "miracl" and cfg.eval.miracl_path:
-            keys += ["miracl/nDCG@10", "miracl/R@100"]
-    return keys
+    """The metric keys the report compares, per configured benchmark (the registry's headline keys)."""
+    from hbt.eval.registry import REGISTRY
+
+    return [k for b in cfg.eval.benchmarks if b in REGISTRY for k in REGISTRY[b].headline(list(cfg.eval.settings))]
 
 
 def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hbt.config import config_from_dict
-from hbt.eval.encode import load_embedding_shards, unique_items
+from hbt.eval.encode import unique_items
 
 
 def test_unique_items_dedups_per_kind():
@@ -17,19 +17,8 @@ def test_unique_items_dedups_per_kind():
         unique_items(["a"], ["doc"])
 
 
-def test_load_embedding_shards_checks_coverage(tmp_path):
-    np.save(tmp_path / "part-00000.rows.npy", np.array([2, 0]))
-    np.save(tmp_path / "part-00000.emb.npy", np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match="1 of 3 rows have no embedding"):
-        load_embedding_shards(tmp_path, 3)
-    np.save(tmp_path / "part-00001.rows.npy", np.array([1]))
-    np.save(tmp_path / "part-00001.emb.npy", np.zeros((1, 3), np.float32))
-    out = load_embedding_shards(tmp_path, 3)
-    assert out[:, 0].tolist() == [1.0, 0.0, 1.0]
-
-
 @pytest.mark.slow
-def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local, tmp_path):
+def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local):
     from hbt.eval.encode import encode_in_process, encode_with_ray
     from hbt.model.encoder import encode_texts, load_encoder
 
@@ -40,9 +29,8 @@ def test_ray_actor_pool_matches_encode_texts(tiny_model_dir, ray_local, tmp_path
     kinds += ["passage"] * 30
     # fp32 pinned: this compares code paths (the `auto` default is bf16 where bf16 is fast).
     cfg = config_from_dict({"eval": {"batch_size": 4, "num_encoders": 2, "cpus_per_encoder": 0.5, "precision": "fp32"}})
-    got = encode_with_ray(texts, kinds, str(tiny_model_dir), cfg, tmp_path)
+    got = encode_with_ray(texts, kinds, str(tiny_model_dir), cfg)
     assert got.shape == (len(texts), 32) and got.dtype == np.float32
-    assert len(list((tmp_path / "embeddings").glob("part-*.emb.npy"))) >= 2  # one shard per block
 
     enc, tok = load_encoder(tiny_model_dir)
     for kind in ("query", "passage"):

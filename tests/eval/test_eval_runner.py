@@ -11,15 +11,10 @@ import pytest
 from hbt.config import config_from_dict
 from hbt.eval.benchmarks import BenchmarkError, BitextBenchmark, load_miracl, load_mlqa_r
 from hbt.eval.metrics import LAREQA_METRICS
-from hbt.eval.runner import (
-    EvalResult,
-    _Collector,
-    load_benchmarks,
-    per_query_key,
-    score_miracl,
-    score_qa,
-    score_tatoeba,
-)
+from hbt.eval.metrics import per_query_key
+from hbt.eval.results import Collector, EvalResult
+from hbt.eval.runner import load_benchmarks
+from hbt.eval.scoring import score_miracl, score_qa, score_tatoeba
 
 EVAL_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "eval"
 ARTICLES = ["Warsaw", "Normans"]
@@ -61,7 +56,7 @@ def _cfg(**eval_kw):
 def test_oracle_scores_are_perfect(mlqa_fixture):
     b = mlqa_fixture
     q, c = _oracle_embeddings(b, lang_weight=0.0)
-    out = _Collector()
+    out = Collector()
     score_qa(b, q, c, _cfg(num_shards=2), out)
     m = out.metrics
     for setting in ("monolingual", "cross_lingual", "multilingual"):
@@ -87,7 +82,7 @@ def test_oracle_scores_are_perfect(mlqa_fixture):
 def test_language_pull_shows_in_bias_metrics(mlqa_fixture):
     b = mlqa_fixture
     q, c = _oracle_embeddings(b, lang_weight=0.6)
-    out = _Collector()
+    out = Collector()
     score_qa(b, q, c, _cfg(settings=["multilingual"]), out)
     assert out.metrics["mlqa_r/bias/own_language_top1"] == 1.0
     assert "mlqa_r/monolingual/mAP" not in out.metrics  # only the configured settings
@@ -98,7 +93,7 @@ def test_monolingual_mean_is_macro_over_languages(mlqa_fixture):
     b = mlqa_fixture
     rng = np.random.default_rng(3)
     q, c = _unit(rng.standard_normal((b.num_queries, 8))), _unit(rng.standard_normal((b.num_candidates, 8)))
-    out = _Collector()
+    out = Collector()
     score_qa(b, q, c, _cfg(settings=["monolingual"]), out)
     per_lang = [out.metrics[f"mlqa_r/monolingual/{x}/mAP"] for x in b.languages]
     assert out.metrics["mlqa_r/monolingual/mAP"] == pytest.approx(np.mean(per_lang))
@@ -110,7 +105,7 @@ def test_tatoeba_scoring():
     p = BitextBenchmark("abc", ["a", "b", "c"], ["x", "y", "z"])
     e = np.eye(3, dtype=np.float32)
     swapped = e[[1, 0, 2]]  # src 0 <-> eng 1: two of three wrong
-    out = _Collector()
+    out = Collector()
     score_tatoeba([p, BitextBenchmark("def", ["a", "b", "c"], ["x", "y", "z"])], [(e, e), (e, swapped)], _cfg(), out)
     assert out.metrics["tatoeba/abc-eng/acc@1"] == 1.0
     assert out.metrics["tatoeba/def-eng/acc@1"] == pytest.approx(1 / 3)
@@ -128,7 +123,7 @@ def test_miracl_scoring_against_hand_computation():
     q[0, sw.doc_ids.index("4#0")] = 1.0
     q[0, sw.doc_ids.index("1#0")] = 0.5
     q[1, sw.doc_ids.index("2#0")] = 1.0
-    out = _Collector()
+    out = Collector()
     score_miracl([sw], [(q, d)], _cfg(num_shards=3), out)
     # q10 ranking: 4#0 (0), 1#0 (1), then ties at 0 by id: 1#1 (1), 2#0, 3#0, 5#0
     dcg = 1 / np.log2(3) + 1 / np.log2(4)
@@ -200,7 +195,7 @@ def test_miracl_needs_a_path():
 def test_run_eval_job_end_to_end(tiny_model_dir, ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from hbt.eval.runner import run_eval_job
+    from hbt.eval.job import run_eval_job
 
     cfg = config_from_dict({
         "output_dir": str(tmp_path / "runs"),
@@ -219,7 +214,12 @@ def test_run_eval_job_end_to_end(tiny_model_dir, ray_local, tmp_path):
         },
     })
     out = tmp_path / "eval"
-    metrics = run_eval_job(cfg, str(tiny_model_dir), str(out))
+    doc = run_eval_job(cfg, str(tiny_model_dir), str(out), output_json=str(tmp_path / "eval.json"))
+    metrics = doc["metrics"]
+    assert json.loads((tmp_path / "eval.json").read_text()) == {k: v for k, v in doc.items() if k not in ("out_dir", "table")}
+    assert doc["benchmark"] == ["xquad_r", "mlqa_r", "tatoeba", "miracl"]
+    assert doc["benchmarks"]["xquad_r"]["settings"]["crosslingual"]["mAP"] == metrics["xquad_r/cross_lingual/mAP"]
+    assert doc["benchmarks"]["miracl"]["settings"]["dev"]["nDCG@10"] == metrics["miracl/nDCG@10"]
 
     for key in ("xquad_r/multilingual/mAP", "xquad_r/monolingual/mAP", "xquad_r/monolingual/de/mAP",
                 "xquad_r/cross_lingual/mAP", "xquad_r/cross_lingual/de-zh/mAP", "xquad_r/bias/rank_distance_mean",
@@ -250,7 +250,6 @@ def test_run_eval_job_end_to_end(tiny_model_dir, ray_local, tmp_path):
     assert result.matrices["xquad_r/cross_lingual/mAP"]["languages"] == ["de", "zh"]
     assert result.info["xquad_r"]["articles"] == 2
     assert (out / "config.yaml").exists() and (out / "runs" / "miracl-sw.trec").exists()
-    assert sorted(p.name for p in (out / "embeddings").glob("*.npy"))
 
     run = json.loads((out / "mlflow_run.json").read_text())
     client = MlflowClient(run["tracking_uri"])

@@ -1,0 +1,127 @@
+"""Where a model comes from: a local directory, a storage URI, a training run's name, or a hub id.
+
+A storage URI (``s3://bucket/runs/x/model``, ``gs://…``, ``file:///…``; any
+filesystem pyarrow reads) is copied once into a local cache on the machine
+that needs it (``$HBT_CACHE/models``), keyed by the URI and the listing of its
+files (names, sizes, modification times), so a model re-trained under the same
+URI is fetched again. Each process that loads weights (an encoder actor on a
+worker node, the driver for the tokenizer) calls :func:`local_model_dir`
+itself: no path on one node's disk is handed to another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from hbt.config import HbtError
+
+OFFLINE_PREFIX = "offline:"
+# ``org/name`` (optionally ``org/name@revision``): a Hugging Face hub id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotFoundError(HbtError):
+    """A model reference that names nothing loadable (checked before any Ray work starts)."""
+
+
+def is_uri(ref: str) -> bool:
+    """``scheme://…`` (a storage URI), as opposed to a local path, run name or hub id."""
+    return "://" in ref
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("HBT_CACHE") or Path.home() / ".cache" / "hbt") / "models"
+
+
+def _listing(uri: str):
+    """(filesystem, root path, [(relative path, size, mtime)]) of a model directory at a URI."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+    except Exception as e:  # pyarrow raises OSError / ArrowInvalid with the reason
+        raise ModelNotFoundError(f"{uri}: cannot reach the storage ({type(e).__name__}: {e})") from None
+    if info.type != fs.FileType.Directory:
+        raise ModelNotFoundError(f"{uri}: no model directory there")
+    files = [
+        (f.path[len(root):].lstrip("/"), f.size, f.mtime_ns)
+        for f in filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+        if f.type == fs.FileType.File
+    ]
+    if not any(name == "config.json" for name, _, _ in files):
+        raise ModelNotFoundError(f"{uri}: no config.json there, so not a saved model")
+    return filesystem, root, sorted(files)
+
+
+def check_model_uri(uri: str) -> None:
+    """Fails with :class:`ModelNotFoundError` when ``uri`` is unreachable or holds no saved model."""
+    _listing(uri)
+
+
+def local_model_dir(ref: str) -> str:
+    """A local directory holding ``ref``'s files: ``ref`` itself unless it is a storage URI.
+
+    A URI is copied into ``$HBT_CACHE/models/<key>`` once; the copy goes to a
+    temporary folder that is renamed when complete, so a crash never leaves a
+    half model that a later call would serve.
+    """
+    if not is_uri(ref):
+        return ref
+    from pyarrow import fs
+
+    filesystem, root, files = _listing(ref)
+    key = hashlib.sha256(repr((ref, files)).encode()).hexdigest()[:20]
+    dest = _cache_root() / key
+    if dest.is_dir():
+        return str(dest)
+    tmp = dest.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fs.copy_files(root, str(tmp), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process finished the same copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+def resolve_model_ref(ref: str, output_dir: str | os.PathLike) -> str:
+    """What ``hbt eval --model`` names, made loadable; fails before Ray starts when it names nothing.
+
+    In order: ``offline:…`` (the offline models); a storage URI (checked
+    reachable, handed on as is: whoever loads it fetches it); a local model
+    directory; a training run under ``output_dir`` (``<output_dir>/<ref>/model``,
+    which also takes ``study/runs/<run>``); a hub id ``org/name``.
+
+    Raises:
+        ModelNotFoundError: none of these.
+    """
+    if ref.startswith(OFFLINE_PREFIX):
+        from hbt.model.offline import resolve_model_path
+
+        return resolve_model_path(ref)
+    if is_uri(ref):
+        check_model_uri(ref)
+        return ref
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+            return str(path / "model")  # a run directory given by path
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{ref}: a directory without config.json, so not a saved model")
+        return str(path)
+    run = Path(output_dir) / ref / "model"
+    if (run / "config.json").exists():
+        return str(run)
+    # A hub id looks like a relative path; one whose first folder exists here was meant as a path.
+    if _HUB_ID.match(ref) and not Path(ref.split("/")[0]).exists():
+        return ref
+    raise ModelNotFoundError(
+        f"{ref}: not a model directory, a storage URI, a hub id (org/name), or a training run "
+        f"(no {run})"
+    )

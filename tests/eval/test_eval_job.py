@@ -1,0 +1,83 @@
+"""``hbt eval`` by benchmark: shortcuts become overrides, and the JSON and the printed table agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hbt.config import PROJECT_ROOT
+from hbt.eval.job import eval_shortcuts
+
+
+def test_shortcuts_become_config_overrides():
+    assert eval_shortcuts("xquad_r", None, "en,de") == ["eval.benchmarks=[xquad_r]", "eval.languages=[en,de]"]
+    assert eval_shortcuts("tatoeba", "/d/tat", "deu,fra") == [
+        "eval.benchmarks=[tatoeba]", "eval.tatoeba_path=/d/tat", "eval.tatoeba_languages=[deu,fra]"]
+    # QA and Tatoeba together: --langs selects the QA languages
+    assert eval_shortcuts("xquad_r,tatoeba", None, "de")[-1] == "eval.languages=[de]"
+    with pytest.raises(ValueError, match="exactly one --benchmark"):
+        eval_shortcuts("xquad_r,mlqa_r", "/x", None)
+    from hbt.eval.benchmarks import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'squad'"):
+        eval_shortcuts("squad", None, None)
+
+
+def _table_row(stdout: str, title: str, setting: str) -> dict[str, str]:
+    lines = stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("benchmark") and "setting" in ln)
+    cols = header.split()[2:]
+    row = next(ln for ln in lines if ln.split()[:2] == [title, setting])
+    return dict(zip(cols, row.split()[2:]))
+
+
+@pytest.mark.slow
+def test_hbt_eval_by_benchmark_writes_json_and_table(offline_e5_dir, tmp_path):
+    out_json = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "eval", "--model", str(offline_e5_dir), "--benchmark", "xquad_r",
+         "--langs", "en,de", "--output", str(out_json), "--out", str(tmp_path / "res"),
+         f"output_dir={tmp_path}", "eval.max_questions=20", "eval.pool=question_paragraphs"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out_json.read_text())
+    assert doc["benchmark"] == "xquad_r" and doc["model"] == str(offline_e5_dir)
+    for setting in ("multilingual", "monolingual", "crosslingual"):
+        assert 0.0 < doc["settings"][setting]["mAP"] <= 1.0
+    assert doc["matrix"]["languages"] == ["en", "de"] and len(doc["matrix"]["values"]) == 2
+    # X = Y on the diagonal is the monolingual pair
+    assert doc["matrix"]["values"][1][1] == pytest.approx(doc["metrics"]["xquad_r/monolingual/de/mAP"])
+    assert {"own_language_top1", "rank_distance_mean", "mAP_spread"} <= set(doc["language_bias"])
+    assert doc["metrics"]["xquad_r/multilingual/mAP"] == doc["settings"]["multilingual"]["mAP"]
+    # the printed table shows the JSON's numbers
+    for setting in ("multilingual", "monolingual", "crosslingual"):
+        row = _table_row(proc.stdout, "XQuAD-R", setting)
+        for col in ("mAP", "R@1", "R@10", "nDCG@10"):
+            assert float(row[col]) == pytest.approx(doc["settings"][setting][col], abs=5e-4), (setting, col)
+    assert float(_table_row(proc.stdout, "XQuAD-R", "multilingual")["own-lang"]) == pytest.approx(
+        doc["language_bias"]["own_language_top1"], abs=5e-4)
+    # the shortcuts are recorded in the run's config like any override
+    saved = yaml.safe_load((tmp_path / "res" / "config.yaml").read_text())
+    assert saved["eval"]["benchmarks"] == ["xquad_r"] and saved["eval"]["languages"] == ["en", "de"]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("model, message", [
+    ("no-such-run", "no-such-run: not a model directory"),
+    ("s3://hbt-no-such-bucket/m", "cannot reach the storage"),
+])
+def test_a_model_that_names_nothing_fails_before_ray(tmp_path, model, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "eval", "--model", model, "--benchmark", "tatoeba", f"output_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+        env={**__import__("os").environ, "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
