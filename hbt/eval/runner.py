@@ -162,7 +162,8 @@ def prepare_eval(cfg: HBTConfig, out: Path) -> HBTConfig:
     return cfg
 
 
-def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") -> EvalResult:
+def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
+             benches: dict[str, Any] | None = None) -> EvalResult:
     """Evaluates a bi-encoder on the benchmarks the config selects.
 
     Ray is initialised (``cfg.ray.address``) unless it already is; the texts
@@ -175,6 +176,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
         out_dir: results (``metrics.json``, ``matrices.json``, ``per_query.npz``,
             ``info.json``) go here.
         split: ``test`` or ``dev`` (see :func:`load_benchmarks`).
+        benches: ``load_benchmarks(cfg, split)`` when the caller loaded them already.
 
     Returns:
         The result (also saved to ``out_dir``).
@@ -187,7 +189,8 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test") 
 
     t0 = time.time()
     out = Path(out_dir)
-    benches = load_benchmarks(cfg, split)  # bad benchmark files fail before Ray starts
+    if benches is None:
+        benches = load_benchmarks(cfg, split)  # bad benchmark files fail before Ray starts
     t_load = time.time()
     texts, kinds, where = texts_of(benches)
     cfg = prepare_eval(cfg, out)
@@ -227,6 +230,7 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
     from hbt.tracking import tracker_for
 
     out = Path(out_dir).resolve()
+    benches = load_benchmarks(cfg, split)  # bad benchmark files fail before Ray starts or a run is opened
     cfg = prepare_eval(cfg, out)  # the params record the concrete `auto` choices
     tracker = tracker_for(cfg, run_name, out, parent_run_id,
                           tags={"hbt.stage": "eval", "hbt.model_dir": str(model_dir), **(tags or {})})
@@ -235,7 +239,7 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
     )
     tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir), "eval_split": split})
     try:
-        result = evaluate(cfg, model_dir, str(out), split=split)
+        result = evaluate(cfg, model_dir, str(out), split=split, benches=benches)
         tracker.log_metrics(result.metrics)
         tracker.log_metrics({f"time/{k}_s": v for k, v in result.info.get("seconds", {}).items()})
         for name in ("metrics.json", "matrices.json", "info.json", "per_query.npz", "config.yaml"):

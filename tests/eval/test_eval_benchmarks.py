@@ -170,6 +170,15 @@ def test_miracl_bad_lines(tmp_path):
         load_miracl(root, "de")
 
 
+def test_miracl_qrels_naming_a_missing_document(tmp_path):
+    """A judged passage absent from the corpus would silently lower nDCG and recall: refused, with its line."""
+    root = _copy_miracl(tmp_path)
+    qrels = root / "miracl-v1.0-de" / "qrels" / "qrels.miracl-v1.0-de-dev.tsv"
+    qrels.write_text(qrels.read_text() + "20\tQ0\tgone#3\t1\n")
+    with pytest.raises(BenchmarkError, match=r"de-dev\.tsv \[line 5\]: judged docid 'gone#3' \(topic 20\) is not in"):
+        load_miracl(root, "de")
+
+
 # -- bad input -----------------------------------------------------------------
 
 

@@ -81,3 +81,24 @@ def test_a_model_that_names_nothing_fails_before_ray(tmp_path, model, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_miracl_qrels_naming_a_missing_document_through_the_cli(tmp_path):
+    import shutil
+
+    root = tmp_path / "miracl"
+    shutil.copytree(PROJECT_ROOT / "tests" / "assets" / "eval" / "miracl", root)
+    qrels = root / "miracl-v1.0-de" / "qrels" / "qrels.miracl-v1.0-de-dev.tsv"
+    qrels.write_text(qrels.read_text() + "20\tQ0\tgone#3\t1\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # never loaded: the benchmark fails first
+    proc = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "eval", "--model", str(model), "--benchmark", "miracl", "--data", str(root),
+         "--langs", "de", f"output_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert "qrels.miracl-v1.0-de-dev.tsv" in lines[0] and "line 5" in lines[0] and "gone#3" in lines[0]

@@ -105,6 +105,7 @@ def load_miracl(
             raise BenchmarkError(topics_f, "expected 'qid<TAB>query'", f"line {i + 1}")
         topics[parts[0].strip()] = parts[1].strip()
     qrels: dict[str, dict[str, int]] = {}
+    line_of: dict[tuple[str, str], int] = {}
     for i, line in enumerate(read_lines(qrels_f)):
         if not line.strip():
             continue
@@ -116,6 +117,7 @@ def load_miracl(
         except ValueError:
             raise BenchmarkError(qrels_f, f"grade {parts[3]!r} is not an integer", f"line {i + 1}") from None
         qrels.setdefault(parts[0], {})[parts[2]] = grade
+        line_of[(parts[0], parts[2])] = i + 1
     unknown = sorted(set(qrels) - set(topics))
     if unknown:
         raise BenchmarkError(qrels_f, f"qrels name topics missing from {topics_f.name}: {unknown[:5]}")
@@ -141,6 +143,13 @@ def load_miracl(
                     doc_texts.append(f"{title} {text}".strip())
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise BenchmarkError(f, f"cannot read: {e}") from None
+    # A judged passage missing from the corpus would count as never retrieved and
+    # silently lower nDCG and recall: a wrong corpus or a truncated download.
+    missing = sorted((line_of[(q, d)], q, d) for q, judged in qrels.items() for d in judged if d not in seen)
+    if missing:
+        n, q, d = missing[0]
+        raise BenchmarkError(qrels_f, f"judged docid {d!r} (topic {q}) is not in the corpus "
+                             f"({len(missing)} judged docids missing in all)", f"line {n}")
     qids = sorted(q for q in topics if any(g > 0 for g in qrels.get(q, {}).values()))
     if max_questions is not None:
         qids = qids[:max_questions]
