@@ -119,7 +119,7 @@ def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: i
 
         from hbt.model.storage import local_model_dir
 
-        tokenizer = AutoTokenizer.from_pretrained(local_model_dir(str(tokenizer)))
+        tokenizer = AutoTokenizer.from_pretrained(local_model_dir(str(tokenizer), weights=False))
     lengths = np.zeros(len(items), dtype=np.int64)
     step = 4096
     for s in range(0, len(items), step):
@@ -176,7 +176,7 @@ def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str]
 
     from hbt.model.storage import local_model_dir
 
-    model_dir = local_model_dir(model_dir)
+    model_dir = local_model_dir(model_dir, weights=False)
     meta = read_metadata(model_dir)
     prefix = {"query": cfg.model.query_prefix if cfg.model.query_prefix is not None else meta.query_prefix,
               "passage": cfg.model.passage_prefix if cfg.model.passage_prefix is not None else meta.passage_prefix}

@@ -63,26 +63,46 @@ def check_model_uri(uri: str) -> None:
     _listing(uri)
 
 
-def local_model_dir(ref: str) -> str:
+# Weight files: the driver needs a model's tokenizer and metadata, never these.
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base/part/...``, keeping a URI's query (``s3://b/x?endpoint_override=h`` -> ``s3://b/x/run/model?endpoint_override=h``)."""
+    head, sep, query = base.partition("?")
+    return "/".join([head.rstrip("/"), *parts]) + sep + query
+
+
+def local_model_dir(ref: str, weights: bool = True) -> str:
     """A local directory holding ``ref``'s files: ``ref`` itself unless it is a storage URI.
 
     A URI is copied into ``$HBT_CACHE/models/<key>`` once; the copy goes to a
     temporary folder that is renamed when complete, so a crash never leaves a
     half model that a later call would serve.
+
+    Args:
+        ref: a local path or a storage URI.
+        weights: ``False`` fetches everything but the weight files (the driver
+            needs the tokenizer and metadata to sort and count texts, not the model).
     """
     if not is_uri(ref):
         return ref
     from pyarrow import fs
 
     filesystem, root, files = _listing(ref)
-    key = hashlib.sha256(repr((ref, files)).encode()).hexdigest()[:20]
+    if not weights:
+        files = [f for f in files if not f[0].endswith(_WEIGHTS)]
+    key = hashlib.sha256(repr((ref, files)).encode()).hexdigest()[:20] + ("" if weights else "-noweights")
     dest = _cache_root() / key
     if dest.is_dir():
         return str(dest)
     tmp = dest.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    fs.copy_files(root, str(tmp), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+    for name, _, _ in files:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        fs.copy_files(f"{root}/{name}", str(tmp / name), source_filesystem=filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
     try:
         tmp.rename(dest)
     except OSError:  # another process finished the same copy first
@@ -90,17 +110,35 @@ def local_model_dir(ref: str) -> str:
     return str(dest)
 
 
-def resolve_model_ref(ref: str, output_dir: str | os.PathLike) -> str:
+def publish_model(source_fs, source_path: str, uri: str) -> None:
+    """Copies a model directory (e.g. the final checkpoint's ``model/``) to ``uri``, replacing what is there."""
+    from pyarrow import fs
+
+    try:
+        dest_fs, dest = fs.FileSystem.from_uri(uri)
+        if dest_fs.get_file_info(dest).type == fs.FileType.Directory:
+            dest_fs.delete_dir(dest)
+        dest_fs.create_dir(dest, recursive=True)
+        fs.copy_files(source_path, dest, source_filesystem=source_fs, destination_filesystem=dest_fs)
+    except OSError as e:
+        raise ModelNotFoundError(f"{uri}: cannot write the trained model there ({e})") from None
+
+
+def resolve_model_ref(ref: str, output_dir: str | os.PathLike, storage_path: str | None = None) -> str:
     """What ``hbt eval --model`` names, made loadable; fails before Ray starts when it names nothing.
 
     In order: ``offline:…`` (the offline models); a storage URI (checked
     reachable, handed on as is: whoever loads it fetches it); a local model
-    directory; a training run under ``output_dir`` (``<output_dir>/<ref>/model``,
-    which also takes ``study/runs/<run>``); a hub id ``org/name``.
+    directory; a training run (``<output_dir>/<ref>/model``, which also takes
+    ``study/runs/<run>``; else the model its ``result.json`` records, a
+    storage URI when training ran with one; else ``<storage_path>/<ref>/model``);
+    a hub id ``org/name``.
 
     Raises:
-        ModelNotFoundError: none of these.
+        ModelNotFoundError: none of these, or a storage that cannot be reached.
     """
+    import json
+
     if ref.startswith(OFFLINE_PREFIX):
         from hbt.model.offline import resolve_model_path
 
@@ -118,10 +156,24 @@ def resolve_model_ref(ref: str, output_dir: str | os.PathLike) -> str:
     run = Path(output_dir) / ref / "model"
     if (run / "config.json").exists():
         return str(run)
+    record = run.parent / "result.json"
+    if record.exists():
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("model_dir")
+        if recorded and is_uri(recorded):
+            check_model_uri(recorded)
+            return recorded
+    if storage_path and is_uri(storage_path):
+        uri = join_uri(storage_path, ref, "model")
+        try:
+            check_model_uri(uri)
+            return uri
+        except ModelNotFoundError:
+            pass
     # A hub id looks like a relative path; one whose first folder exists here was meant as a path.
     if _HUB_ID.match(ref) and not Path(ref.split("/")[0]).exists():
         return ref
     raise ModelNotFoundError(
         f"{ref}: not a model directory, a storage URI, a hub id (org/name), or a training run "
-        f"(no {run})"
+        f"(no {run}" + (f", no {join_uri(storage_path, ref, 'model')}" if storage_path and is_uri(storage_path) else "")
+        + ")"
     )

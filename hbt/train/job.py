@@ -49,7 +49,7 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
     # store for every epoch, restart and worker (hbt.data.pipeline).
     table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
     print(f"[hbt] training data read and tokenised in {time.perf_counter() - t0:.1f}s ({len(table)} blocks)", flush=True)
-    storage = cfg.ray.storage_path or str((Path(cfg.output_dir) / "ray_results").resolve())
+    storage = storage_root(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_worker
@@ -76,6 +76,36 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
             callbacks=callbacks,
         ),
     )
+
+
+def storage_root(cfg: HBTConfig) -> str:
+    """Where Ray Train keeps checkpoints: ``ray.storage_path`` (a directory or a pyarrow URI), else ``output_dir/ray_results``."""
+    return cfg.ray.storage_path or str((Path(cfg.output_dir) / "ray_results").resolve())
+
+
+def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint) -> str:
+    """Puts the final checkpoint's model where every later job can reach it, and returns that reference.
+
+    With a storage URI (``s3://…`` on clusters) the model goes to
+    ``<storage>/<run_name>/model``: the driver's disk is on one node only, and
+    the evaluation's encoder actors fetch the URI on their own nodes. With
+    local storage it is copied to ``run_dir/model``, as before.
+    """
+    from hbt.model.storage import is_uri, join_uri, publish_model
+
+    storage = storage_root(cfg)
+    if is_uri(storage):
+        uri = join_uri(storage, run_name, "model")
+        if checkpoint is not None:
+            publish_model(checkpoint.filesystem, f"{checkpoint.path.rstrip('/')}/model", uri)
+        return uri
+    final_model = run_dir / "model"
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if final_model.exists():
+                shutil.rmtree(final_model)
+            shutil.copytree(Path(d) / "model", final_model)
+    return str(final_model.resolve())
 
 
 def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: str | None = None,
@@ -122,20 +152,15 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
     except Exception:
         tracker.end("FAILED")
         raise
-    final_model = run_dir / "model"
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            if final_model.exists():
-                shutil.rmtree(final_model)
-            shutil.copytree(Path(d) / "model", final_model)
-    tracker.set_tags({"hbt.final_model": str(final_model.resolve()),
+    final_model = publish_final_model(cfg, run_name, run_dir, result.checkpoint)
+    tracker.set_tags({"hbt.final_model": final_model,
                       "hbt.checkpoint": result.checkpoint.path if result.checkpoint else ""})
     metrics = dict(result.metrics or {})
     tracker.end("FINISHED")
     out = {
         "run_name": run_name,
         "run_dir": str(run_dir.resolve()),
-        "model_dir": str(final_model.resolve()),
+        "model_dir": final_model,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "mlflow_run_id": tracker.run_id,
         "metrics": metrics,
