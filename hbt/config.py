@@ -452,7 +452,7 @@ def _non_finite(tree: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _check_eval_languages(e: "EvalConfig") -> None:
+def _check_eval_languages(e: EvalConfig) -> None:
     """The benchmarks' language lists hold codes each enabled benchmark has (the eval runner's rules, at load)."""
     qa = {b: langs for b, langs in (("xquad_r", XQUAD_R_LANGUAGES), ("mlqa_r", MLQA_R_LANGUAGES))
           if b in e.benchmarks}
@@ -489,7 +489,7 @@ _BENCHMARK_PATH_KEYS = {"xquad_r": "xquad_r_path", "mlqa_r": "mlqa_r_path", "tat
                         "miracl": "miracl_path"}
 
 
-def paths_are_local(cfg: "HBTConfig") -> bool:
+def paths_are_local(cfg: HBTConfig) -> bool:
     """Whether the config's local paths are this machine's, so they can be checked here.
 
     A config whose ``output_dir`` is an absolute path whose parent folder this
@@ -501,7 +501,7 @@ def paths_are_local(cfg: "HBTConfig") -> bool:
     return "://" in cfg.output_dir or not out.is_absolute() or out.parent.exists()
 
 
-def data_path_keys(cfg: "HBTConfig") -> list[tuple[str, str]]:
+def data_path_keys(cfg: HBTConfig) -> list[tuple[str, str]]:
     """``(config key, path)`` of the data a config reads: ``data.path`` and each enabled benchmark's path."""
     items = [("data.path", cfg.data.path)]
     items += [(f"eval.{_BENCHMARK_PATH_KEYS[b]}", getattr(cfg.eval, _BENCHMARK_PATH_KEYS[b]))
@@ -509,7 +509,7 @@ def data_path_keys(cfg: "HBTConfig") -> list[tuple[str, str]]:
     return [(k, p) for k, p in items if p]
 
 
-def _check_local_paths(cfg: "HBTConfig") -> None:
+def _check_local_paths(cfg: HBTConfig) -> None:
     """Every configured local data path exists (URIs, fetchable benchmark folders and other machines' paths aside)."""
     if not paths_are_local(cfg):
         return
@@ -529,7 +529,7 @@ def _check_local_paths(cfg: "HBTConfig") -> None:
 OFFLINE_MODEL_LAYERS = {"offline:multilingual-e5-small": 12}
 
 
-def _check_num_layers(m: "ModelConfig") -> None:
+def _check_num_layers(m: ModelConfig) -> None:
     """``model.num_layers`` fits the model (a local dir's config.json; hub names that are not local are skipped)."""
     if m.num_layers is None:
         return

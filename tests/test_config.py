@@ -274,5 +274,5 @@ def test_cli_validate_one_error_line_no_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hbt.cli", "config", "validate", str(cfg)],
                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.splitlines() == [f"error: invalid config ({cfg}): data.path: no such file or directory: "
-                                       "/nonexistent/train.jsonl"]
+    assert out.stderr.splitlines() == [
+        f"error: invalid config ({cfg}): data.path: no such file or directory: /nonexistent/train.jsonl"]
