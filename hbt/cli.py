@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from hbt.config import ConfigError, HBTConfig, HbtError, load_config
+from hbt.config import ConfigError, HBTConfig, HbtError, load_config, paths_are_local
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
@@ -36,6 +36,8 @@ def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluat
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.file, args.overrides)
+    if paths_are_local(cfg):
+        ensure_data(cfg)  # a missing benchmark folder: the error names the `hbt data fetch` command
     if args.print:
         import yaml
 

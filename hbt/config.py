@@ -1,12 +1,16 @@
 """One typed config tree for every hbt job, validated once at load.
 
 The tree is built as defaults, then a YAML file, then ``a.b=c`` overrides.
-Unknown keys, wrong types and cross-field contradictions raise
-:class:`ConfigError` with a message naming the dotted key.
+Unknown keys, wrong types, non-finite numbers and cross-field contradictions
+raise :class:`ConfigError` with a message naming the dotted key;
+:func:`load_config` also checks what the config points at (data paths,
+benchmark languages, the model's layer count, see :func:`check_at_load`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +28,15 @@ KNOWN_LANGUAGES = sorted(
     | set(MLQA_R_LANGUAGES)
     | {"fr", "it", "ja", "nl", "pt", "id", "fa", "fi", "ko", "sw", "te", "bn", "yo", "ms"}
 )
+# The 36 XTREME languages of Tatoeba (ISO 639-3, the files tatoeba.<xxx>-eng.<xxx> that `hbt data fetch` gets).
+TATOEBA_LANGUAGES = [
+    "afr", "ara", "ben", "bul", "cmn", "deu", "ell", "est", "eus", "fin", "fra", "heb", "hin", "hun", "ind", "ita",
+    "jav", "jpn", "kat", "kaz", "kor", "mal", "mar", "nld", "pes", "por", "rus", "spa", "swh", "tam", "tel", "tgl",
+    "tha", "tur", "urd", "vie",
+]
+# MIRACL v1.0: its 16 languages plus the two surprise languages (de, yo).
+MIRACL_LANGUAGES = ["ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th",
+                    "yo", "zh"]
 
 
 class HbtError(Exception):
@@ -35,7 +48,8 @@ class ConfigError(HbtError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field (and float dict values) must be finite (`lr: .inf` fails, naming the key).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # The default data paths in configs lie under this folder (beside the checkout).
@@ -419,8 +433,115 @@ class HBTConfig(_Strict):
                                  f"with eval.settings {self.eval.settings}")
         if self.deepspeed.precision != "fp32" and not self.ray.use_gpu:
             raise ValueError("deepspeed.precision bf16/fp16 needs ray.use_gpu (CPU workers train in fp32)")
+        bad = _non_finite(self.model_dump(mode="python"))
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be a finite number (not inf or nan)")
         _check_languages_in_data(self)
         return self
+
+
+def _non_finite(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of inf/nan numbers anywhere in a dumped config (typed float fields are already
+    refused by ``allow_inf_nan=False``; this catches free-form values such as ``deepspeed.extra``)."""
+    if isinstance(tree, dict):
+        return [k for key, v in tree.items() for k in _non_finite(v, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [k for i, v in enumerate(tree) for k in _non_finite(v, f"{prefix}{i}.")]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return [prefix.rstrip(".")]
+    return []
+
+
+def _check_eval_languages(e: EvalConfig) -> None:
+    """The benchmarks' language lists hold codes each enabled benchmark has (the eval runner's rules, at load)."""
+    qa = {b: langs for b, langs in (("xquad_r", XQUAD_R_LANGUAGES), ("mlqa_r", MLQA_R_LANGUAGES))
+          if b in e.benchmarks}
+    if e.languages is not None:
+        if not e.languages or len(set(e.languages)) != len(e.languages):
+            raise ValueError(f"eval.languages must be null or distinct language codes, got {e.languages}")
+        unknown = [x for x in e.languages if x not in KNOWN_LANGUAGES
+                   or (qa and not any(x in langs for langs in qa.values()))]
+        if unknown:
+            known = "; ".join(f"{b}: {langs}" for b, langs in qa.items()) or str(KNOWN_LANGUAGES)
+            raise ValueError(f"eval.languages: unknown language code(s) {unknown} for eval.benchmarks "
+                             f"{e.benchmarks} (known: {known})")
+        for b, langs in qa.items():
+            if not any(x in langs for x in e.languages):
+                raise ValueError(f"eval.languages: none of {e.languages} is a {b} language ({langs})")
+    for key, values, known in (("eval.tatoeba_languages", e.tatoeba_languages, TATOEBA_LANGUAGES),
+                               ("eval.miracl_languages", e.miracl_languages, MIRACL_LANGUAGES)):
+        unknown = [x for x in values if x not in known]
+        if unknown:
+            raise ValueError(f"{key}: unknown language code(s) {unknown} (known: {known})")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{key}: languages repeat: {values}")
+    if "tatoeba" in e.benchmarks and not e.tatoeba_languages:
+        raise ValueError("benchmark 'tatoeba' needs eval.tatoeba_languages")
+    if "miracl" in e.benchmarks and (not e.miracl_path or not e.miracl_languages):
+        raise ValueError("benchmark 'miracl' needs eval.miracl_path and eval.miracl_languages")
+
+
+# The folders `hbt data fetch` writes (hbt.data.fetch.DATASETS). A configured path ending in one of them
+# that is missing is reported by hbt.data.fetch.ensure_data with the fetch command (and fetched with
+# --fetch), so the load check leaves it alone.
+FETCHABLE_FOLDERS = ("xquad-r", "mlqa-r", "tatoeba")
+_BENCHMARK_PATH_KEYS = {"xquad_r": "xquad_r_path", "mlqa_r": "mlqa_r_path", "tatoeba": "tatoeba_path",
+                        "miracl": "miracl_path"}
+
+
+def paths_are_local(cfg: HBTConfig) -> bool:
+    """Whether the config's local paths are this machine's, so they can be checked here.
+
+    A config whose ``output_dir`` is an absolute path whose parent folder this
+    machine lacks (the cluster configs' ``/home/ray/hbt-runs``) describes another
+    machine's disks: its data paths are checked where the job loads it (the head
+    node under ``ray job submit``), not on the laptop that validates it.
+    """
+    out = Path(cfg.output_dir)
+    return "://" in cfg.output_dir or not out.is_absolute() or out.parent.exists()
+
+
+def data_path_keys(cfg: HBTConfig) -> list[tuple[str, str]]:
+    """``(config key, path)`` of the data a config reads: ``data.path`` and each enabled benchmark's path."""
+    items = [("data.path", cfg.data.path)]
+    items += [(f"eval.{_BENCHMARK_PATH_KEYS[b]}", getattr(cfg.eval, _BENCHMARK_PATH_KEYS[b]))
+              for b in dict.fromkeys(cfg.eval.benchmarks)]
+    return [(k, p) for k, p in items if p]
+
+
+def _check_local_paths(cfg: HBTConfig) -> None:
+    """Every configured local data path exists (URIs, fetchable benchmark folders and other machines' paths aside)."""
+    if not paths_are_local(cfg):
+        return
+    for key, path in data_path_keys(cfg):
+        if "://" in path:
+            continue
+        fetchable = Path(path.rstrip("/")).name in FETCHABLE_FOLDERS and (key != "data.path" or cfg.data.format == "xquad")
+        if fetchable:
+            continue  # missing: ensure_data names the fetch command
+        resolved = resolve_path(path)
+        if not os.path.exists(resolved):
+            where = path if resolved == path else f"{path} (looked for {resolved})"
+            raise ValueError(f"{key}: no such file or directory: {where}")
+
+
+# Encoder layers of the models hbt builds itself (no config.json until built).
+OFFLINE_MODEL_LAYERS = {"offline:multilingual-e5-small": 12}
+
+
+def _check_num_layers(m: ModelConfig) -> None:
+    """``model.num_layers`` fits the model (a local dir's config.json; hub names that are not local are skipped)."""
+    if m.num_layers is None:
+        return
+    total = OFFLINE_MODEL_LAYERS.get(m.name_or_path)
+    cfg_file = Path(m.name_or_path) / "config.json"
+    if total is None and cfg_file.is_file():
+        try:
+            total = json.loads(cfg_file.read_text(encoding="utf-8")).get("num_hidden_layers")
+        except (OSError, ValueError, AttributeError):
+            total = None  # an unreadable config.json is the model loader's error to report
+    if isinstance(total, int) and m.num_layers > total:
+        raise ValueError(f"model.num_layers ({m.num_layers}) exceeds the {total} layers of {m.name_or_path}")
 
 
 def _check_languages_in_data(cfg: HBTConfig) -> None:
@@ -512,7 +633,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}: the top level must be a mapping")
         tree = loaded
     apply_overrides(tree, list(overrides or []))
-    return config_from_dict(tree, source)
+    cfg = config_from_dict(tree, source)
+    check_at_load(cfg, source)
+    return cfg
+
+
+def check_at_load(cfg: HBTConfig, source: str = "config") -> None:
+    """The checks :func:`load_config` adds to the schema: what the config's benchmarks, files and model allow.
+
+    Eval language codes against each enabled benchmark, MIRACL's path, every
+    local data path (see :func:`paths_are_local`) and ``model.num_layers``
+    against a local model's layer count. They run when a config is loaded
+    (``hbt config validate``, every command, the Ray jobs), before Ray starts;
+    configs built in code with :func:`config_from_dict` skip them.
+
+    Raises:
+        ConfigError: naming each offending key.
+    """
+    problems = []
+    for check in (lambda: _check_eval_languages(cfg.eval), lambda: _check_local_paths(cfg),
+                  lambda: _check_num_layers(cfg.model)):
+        try:
+            check()
+        except ValueError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise ConfigError(f"invalid config ({source}): {problems[0]}")
+    if problems:
+        raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {p}" for p in problems)]))
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "dict") -> HBTConfig:

@@ -179,3 +179,100 @@ def test_version_and_one_line_data_errors(tmp_path):
     assert out.returncode == 2, out.stderr
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(f"error: {bad}:2: inconsistent field: 'passage_id'") and "Traceback" not in out.stderr
+
+
+# -- what a config points at, checked at load (issue #16) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["eval.languages=[xx]"], "eval.languages"),
+        (["eval.languages=[th]", "eval.benchmarks=[mlqa_r]"], "eval.languages"),  # th: XQuAD-R only
+        (["eval.languages=[th]", "eval.benchmarks=[xquad_r,mlqa_r]"], "eval.languages"),  # nothing left for MLQA-R
+        (["eval.languages=[en,en]"], "eval.languages"),
+        (["eval.tatoeba_languages=[deu,de]"], "eval.tatoeba_languages"),
+        (["eval.miracl_languages=[ar,ara]"], "eval.miracl_languages"),
+        (["eval.benchmarks=[miracl]", "eval.miracl_languages=[ar]"], "eval.miracl_path"),
+        (["eval.benchmarks=[xquad_r,miracl]", "eval.miracl_languages=[ar]", "eval.miracl_path=/nonexistent/miracl"],
+         "eval.miracl_path"),
+        (["eval.benchmarks=[tatoeba]", "eval.tatoeba_path=/nonexistent/tatoeba-copy"], "eval.tatoeba_path"),
+        (["eval.benchmarks=[mlqa_r]", "eval.mlqa_r_path=no/such/dir"], "eval.mlqa_r_path"),
+        (["data.format=jsonl", "data.path=/nonexistent/train.jsonl"], "data.path"),
+        (["data.format=mmarco_tsv", "data.path=/nonexistent/mmarco", "data.languages=[en,de]"], "data.path"),
+        (["train.lr=.inf"], "train.lr"),
+        (["train.temperature=.nan"], "train.temperature"),
+        (["data.language_weights={ar: .inf}"], "data.language_weights.ar"),
+        (["deepspeed.extra={optimizer: {params: {eps: .nan}}}"], "deepspeed.extra.optimizer.params.eps"),
+        (["model.num_layers=13"], "model.num_layers"),
+    ],
+)
+def test_load_checks_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert key in str(e.value)
+
+
+def test_valid_pointers_pass():
+    load_config(None, ["eval.languages=[el,de]", "eval.benchmarks=[xquad_r,mlqa_r]"])  # el: XQuAD-R only, kept there
+    load_config(None, ["eval.benchmarks=[tatoeba]", "eval.languages=[en]", "eval.tatoeba_languages=[tgl,urd]"])
+    load_config(None, ["data.format=jsonl", "data.path=s3://bucket/train"])  # URIs are not checked
+    load_config(None, ["model.num_layers=12", "model.name_or_path=org/not-a-local-model"])
+    load_config(None, ["model.num_layers=40", "model.name_or_path=org/not-a-local-model"])  # hub names: skipped
+
+
+def test_num_layers_against_a_local_model_dir(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    load_config(None, [f"model.name_or_path={tmp_path}", "model.num_layers=2"])
+    with pytest.raises(ConfigError, match=r"model\.num_layers \(3\) exceeds the 2 layers"):
+        load_config(None, [f"model.name_or_path={tmp_path}", "model.num_layers=3"])
+
+
+def test_tatoeba_codes_match_the_fetched_files():
+    from hbt.config import TATOEBA_LANGUAGES
+    from hbt.data.fetch import DATASETS
+
+    pinned = {n.split(".")[1].split("-")[0] for n in DATASETS["tatoeba"].pins if n.startswith("tatoeba.")}
+    assert sorted(pinned) == TATOEBA_LANGUAGES
+
+
+def test_missing_benchmark_folders_are_left_to_the_fetch_flow(tmp_path):
+    """A missing xquad-r/mlqa-r/tatoeba folder loads (so --fetch can fetch it); validate names the fetch command."""
+    from hbt.config import FETCHABLE_FOLDERS
+    from hbt.data.fetch import DATASETS, MissingDataError, ensure_data
+
+    assert set(FETCHABLE_FOLDERS) == {d.folder for d in DATASETS.values()}
+    cfg = load_config(None, [f"eval.xquad_r_path={tmp_path}/xquad-r"])
+    with pytest.raises(MissingDataError, match=r"(?s)eval\.xquad_r_path .*get it with: hbt data fetch xquad_r"):
+        ensure_data(cfg)
+    rc = subprocess.run([sys.executable, "-m", "hbt.cli", "config", "validate", str(PROJECT_ROOT / "configs" / "local.yaml"),
+                         f"eval.xquad_r_path={tmp_path}/xquad-r"], capture_output=True, text=True, timeout=120,
+                        cwd=PROJECT_ROOT)
+    assert rc.returncode == 2 and "hbt data fetch xquad_r" in rc.stderr and "Traceback" not in rc.stderr
+
+
+def test_another_machines_paths_are_not_checked_here(tmp_path):
+    """The cluster configs name the head's disks (output_dir /home/ray/...): checked there, not on a laptop."""
+    from hbt.config import paths_are_local
+
+    missing_root = "/nonexistent-host-root/hbt-runs"
+    cfg = load_config(None, [f"output_dir={missing_root}", "eval.benchmarks=[tatoeba]", "eval.tatoeba_path=/x/y"])
+    assert not paths_are_local(cfg)
+    assert paths_are_local(load_config(None, [f"output_dir={tmp_path}/new-runs"]))
+
+
+def test_cli_validate_one_error_line_no_traceback(tmp_path):
+    cfg = _write(tmp_path, "data:\n  format: jsonl\n  path: /nonexistent/train.jsonl\n")
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", "config", "validate", str(cfg), "train.lr=.inf"],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert out.returncode == 2, out.stderr
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr
+    assert "train.lr" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", "config", "validate", str(cfg)],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        f"error: invalid config ({cfg}): data.path: no such file or directory: /nonexistent/train.jsonl"]

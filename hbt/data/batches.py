@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hbt.data.records import DataError
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``."""
@@ -44,7 +46,7 @@ class GlobalBatches:
         shuffle: False keeps the canonical order in every epoch.
 
     Raises:
-        ValueError: fewer rows than one global batch.
+        DataError: fewer rows than one global batch (a ValueError).
     """
 
     num_rows: int
@@ -54,8 +56,9 @@ class GlobalBatches:
 
     def __post_init__(self) -> None:
         if self.num_rows < self.global_batch_size:
-            raise ValueError(
-                f"the training data holds {self.num_rows} rows, fewer than one global batch of {self.global_batch_size}"
+            raise DataError(  # a ValueError too; an HbtError, so the CLI prints it as one line
+                "training data",
+                f"{self.num_rows} rows, fewer than one global batch of {self.global_batch_size}",
             )
 
     @property

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from hbt.data.records import DataError, RecordGrouper, stable_hash
 from hbt.data.squad import answer_sentence_index, parse_squad, passage_group  # noqa: F401  (answer_sentence_index re-exported)
@@ -45,36 +45,56 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, decoded line) from a local or remote file.
+def iter_lines(path: str, on_bad: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, str]]:
+    """Yields (1-based line number, decoded line) from a local or remote file (``.gz``: gzip).
+
+    Args:
+        path: the file.
+        on_bad: called with the :class:`DataError` of a line that is not
+            valid UTF-8, which is then left out (``RecordGrouper.bad``: raise
+            or count); ``None`` raises it.
 
     Raises:
-        DataError: a line is not valid UTF-8 (named by file and line).
+        DataError: a line is not valid UTF-8 (named by file and line), or the
+            file cannot be read to its end (a truncated or corrupt ``.gz``; named by file).
     """
     fs, p = _fs_and_path(path)
     compression = "gzip" if p.endswith(".gz") else None
-    with fs.open_input_stream(p, compression=compression) as f:
-        buf = b""
-        lineno = 0
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
+    try:
+        with fs.open_input_stream(p, compression=compression) as f:
+            buf = b""
+            lineno = 0
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    lineno += 1
+                    text = _decode(raw, path, lineno, on_bad)
+                    if text is not None:
+                        yield lineno, text
+            if buf:
                 lineno += 1
-                yield lineno, _decode(raw, path, lineno)
-        if buf:
-            lineno += 1
-            yield lineno, _decode(buf, path, lineno)
+                text = _decode(buf, path, lineno, on_bad)
+                if text is not None:
+                    yield lineno, text
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # pyarrow's "Truncated compressed stream", a bad gzip header, ...
+        raise DataError(path, f"unreadable file: {e}" + (" (a truncated or corrupt .gz file?)" if compression else "")) from None
 
 
-def _decode(raw: bytes, path: str, lineno: int) -> str:
+def _decode(raw: bytes, path: str, lineno: int, on_bad: Callable[[DataError], None] | None = None) -> str | None:
     try:
         return raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{lineno}", f"not UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r})") from None
+        err = DataError(f"{path}:{lineno}", f"not UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r})")
+        if on_bad is None:
+            raise err from None
+        on_bad(err)
+        return None
 
 
 def list_files(path: str, suffixes: tuple[str, ...]) -> list[str]:
@@ -359,10 +379,18 @@ class PassageIds:
         return str(pid) if has else None
 
 
+def _bad_line(grouper: RecordGrouper) -> Callable[[DataError], None]:
+    """``iter_lines``' ``on_bad``: a line that is not UTF-8 is one bad record (raised, or counted and skipped)."""
+    return lambda err: grouper.bad(err.where, err.reason)
+
+
 def _json_records(path: str, grouper: RecordGrouper) -> Iterator[tuple[str, dict[str, Any]]]:
-    for lineno, line in iter_lines(path):
+    """``(file:line, object)`` per non-blank line; a file without a single record is itself bad."""
+    lines = 0
+    for lineno, line in iter_lines(path, _bad_line(grouper)):
         if not line.strip():
             continue
+        lines += 1
         where = f"{path}:{lineno}"
         try:
             rec = json.loads(line)
@@ -373,6 +401,8 @@ def _json_records(path: str, grouper: RecordGrouper) -> Iterator[tuple[str, dict
             grouper.bad(where, "malformed JSON: a line must hold an object")
             continue
         yield where, rec
+    if not lines:
+        grouper.bad(path, "empty file: no records (a training file must hold at least one line)")
 
 
 def iter_long_jsonl(path: str, grouper: RecordGrouper) -> Iterator[dict[str, str]]:
@@ -386,18 +416,31 @@ def iter_long_parquet(path: str, grouper: RecordGrouper) -> Iterator[dict[str, s
 
     fs, p = _fs_and_path(path)
 
+    def batches():
+        """The file's record batches; a file pyarrow cannot read (0 bytes, truncated) is named, not a traceback."""
+        import pyarrow as pa
+
+        try:
+            with fs.open_input_file(p) as f:
+                pf = pq.ParquetFile(f)
+                missing = {"qid", "lang", "query", "passage"} - set(pf.schema_arrow.names)
+                if missing:
+                    raise DataError(path, f"missing field(s): {sorted(missing)} (columns: {pf.schema_arrow.names})")
+                cols = ["qid", "lang", "query", "passage"] + (["passage_id"] if "passage_id" in pf.schema_arrow.names else [])
+                yield from pf.iter_batches(batch_size=4096, columns=cols)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(path, f"not a readable Parquet file: {e}") from None
+
     def records():
-        with fs.open_input_file(p) as f:
-            pf = pq.ParquetFile(f)
-            missing = {"qid", "lang", "query", "passage"} - set(pf.schema_arrow.names)
-            if missing:
-                raise DataError(path, f"missing field(s): {sorted(missing)} (columns: {pf.schema_arrow.names})")
-            n = 0
-            cols = ["qid", "lang", "query", "passage"] + (["passage_id"] if "passage_id" in pf.schema_arrow.names else [])
-            for batch in pf.iter_batches(batch_size=4096, columns=cols):
-                for rec in batch.to_pylist():
-                    n += 1
-                    yield f"{path}:row {n}", rec
+        n = 0
+        for batch in batches():
+            for rec in batch.to_pylist():
+                n += 1
+                yield f"{path}:row {n}", rec
+        if not n:
+            grouper.bad(path, "empty file: no records (a training file must hold at least one row)")
 
     yield from _grouped_contiguous(records(), grouper, path)
 
@@ -450,7 +493,7 @@ def iter_grouped_jsonl(path: str, grouper: RecordGrouper) -> Iterator[dict[str, 
 
 def _read_tsv_ids(path: str, wanted: set[str], grouper: RecordGrouper) -> dict[str, str]:
     out: dict[str, str] = {}
-    for lineno, line in iter_lines(path):
+    for lineno, line in iter_lines(path, _bad_line(grouper)):
         if not line:
             continue
         parts = line.split("\t", 1)
@@ -478,7 +521,7 @@ def iter_mmarco(path: str, grouper: RecordGrouper, shard: int = 0, num_shards: i
     """
     root = path.rstrip("/")
     pairs: list[tuple[str, str, str]] = []
-    for lineno, line in iter_lines(f"{root}/qrels.tsv"):
+    for lineno, line in iter_lines(f"{root}/qrels.tsv", _bad_line(grouper)):
         if not line.strip():
             continue
         parts = line.split()

@@ -119,6 +119,9 @@ def _question(qa: Any, q_i: int, sentences: list[str], breaks: list[tuple[int, i
     answers = require_field(qa, "answers", path, item, list)
     if not answers:
         raise SquadError(path, "no answers", item)
+    for a_i, ans in enumerate(answers):
+        if not isinstance(ans, dict):  # only the first answer is used, but a malformed one means a malformed file
+            raise SquadError(path, f"answer {a_i} should be an object, got {type(ans).__name__}", item)
     start = require_field(answers[0], "answer_start", path, item, int)
     text = answers[0].get("text", "") if isinstance(answers[0], dict) else ""
     # The answer *text* may run past a sentence break (a few per language in

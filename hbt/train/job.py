@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hbt.config import HBTConfig, dump_config, resolve_path
+from hbt.config import ConfigError, HBTConfig, dump_config, resolve_path
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
@@ -28,6 +28,22 @@ def prefixes(cfg: HBTConfig, model_dir: str) -> tuple[str, str]:
     q = cfg.model.query_prefix if cfg.model.query_prefix is not None else (meta.query_prefix if meta else "")
     p = cfg.model.passage_prefix if cfg.model.passage_prefix is not None else (meta.passage_prefix if meta else "")
     return q, p
+
+
+def check_resumable(cfg: HBTConfig, run_name: str) -> None:
+    """Refuses to resume a run that does not exist (Ray Train would silently start it from scratch).
+
+    A run exists once :func:`run_training` has written ``output_dir/<run_name>/config.yaml``.
+
+    Raises:
+        ConfigError: no such run; the message lists the runs under ``output_dir``.
+    """
+    root = Path(cfg.output_dir)
+    if (root / run_name / "config.yaml").is_file():
+        return
+    runs = sorted(p.parent.name for p in root.glob("*/config.yaml"))
+    raise ConfigError(f"--resume {run_name!r}: no run of that name under output_dir {root.resolve()} "
+                      f"(runs there: {', '.join(runs) or 'none'})")
 
 
 def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, mlflow_run_id: str | None,
@@ -122,7 +138,12 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
     Returns:
         ``run_name``, ``run_dir``, ``model_dir`` (the final transformers
         model), ``checkpoint`` and the final ``metrics``.
+
+    Raises:
+        ConfigError: ``resume_from`` names no run under ``output_dir`` (checked before Ray starts).
     """
+    if resume_from is not None:
+        check_resumable(cfg, resume_from)
     model_dir = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
     run_name = resume_from or cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.output_dir) / run_name

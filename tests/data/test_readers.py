@@ -242,3 +242,43 @@ def test_iter_rows_local_respects_max_questions():
     cfg = load_config(None, ["data.languages=[en,de]", "data.max_questions=50"])
     rows, skips = iter_rows_local(cfg)
     assert len(rows) == 50 and skips.total == 0
+
+
+def test_skip_mode_leaves_out_only_the_non_utf8_line(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_bytes("\n".join([_long("1", "en"), _long("1", "de")]).encode() + b"\n"
+                  + b'{"qid": "2", "lang": "de", "query": "\xff", "passage": "x"}\n'
+                  + "\n".join([_long("3", "en"), _long("3", "de")]).encode() + b"\n")
+    grouper = RecordGrouper(["en", "de"], "skip")
+    assert [r["qid"] for r in iter_long_jsonl(str(p), grouper)] == ["1", "3"]
+    assert grouper.skips.counts == Counter({"not UTF-8": 1})
+    assert grouper.skips.examples[0].startswith(f"{p}:3: not UTF-8")
+
+
+def test_mmarco_non_utf8_line_is_one_counted_skip(tmp_path):
+    _mmarco(tmp_path, [f"{q}\t0\t{100 + q}\t1" for q in range(10)])
+    de = tmp_path / "queries" / "de.tsv"
+    de.write_bytes(de.read_bytes().replace(b"de query 4", b"de query \xff"))
+    grouper = RecordGrouper(["en", "de"], "skip")
+    assert len(list(iter_mmarco(str(tmp_path), grouper))) == 9  # only qid 4 (its de query unreadable) is lost
+    assert grouper.skips.counts["not UTF-8"] == 1
+    with pytest.raises(DataError, match=r"queries/de\.tsv:5: not UTF-8"):
+        list(iter_mmarco(str(tmp_path), RecordGrouper(["en", "de"])))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_empty_file_is_named_or_counted(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / f"a.{fmt}"
+    if fmt == "jsonl":
+        p.write_text("\n")
+        reader = iter_long_jsonl
+    else:
+        pq.write_table(pa.table({c: pa.array([], pa.string()) for c in ("qid", "lang", "query", "passage")}), p)
+        reader = iter_long_parquet
+    with pytest.raises(DataError, match=rf"^{p}: empty file"):
+        list(reader(str(p), RecordGrouper(["en", "de"])))
+    grouper = RecordGrouper(["en", "de"], "skip")
+    assert list(reader(str(p), grouper)) == [] and grouper.skips.counts == Counter({"empty file": 1})

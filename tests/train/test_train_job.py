@@ -81,3 +81,18 @@ def test_unreachable_tracking_server_does_not_stop_the_run(tmp_path):
     t.end()
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 1.5
     assert json.loads((tmp_path / "params.json").read_text())["a.b"] == 1
+
+
+def test_resume_of_a_run_that_does_not_exist_fails_before_ray(tmp_path, capsys):
+    import ray
+
+    from hbt.cli import main
+
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "config.yaml").write_text("{}\n")
+    started = ray.is_initialized()
+    assert main(["train", "--resume", "nope", f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume 'nope': no run of that name under output_dir") and "earlier" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nope").exists() and ray.is_initialized() == started

@@ -35,3 +35,16 @@ def test_hbt_tune_refuses_a_missing_optional_package(tmp_path, capsys):
                    "--space", str(PROJECT_ROOT / "tune_spaces" / "alpha.yaml"),
                    f"output_dir={tmp_path}", "tune.search_alg=hyperopt"])
     assert rc == 2 and "needs the 'hyperopt' package" in capsys.readouterr().err
+
+
+def test_hbt_tune_refuses_an_unknown_space_key_before_ray(tmp_path, capsys):
+    import ray
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"train.lrr": {"grid": [1e-5, 2e-5]}}}), encoding="utf-8")
+    started = ray.is_initialized()
+    rc = hbt_main(["tune", "--config", str(PROJECT_ROOT / "configs" / "local.yaml"), "--space", str(space),
+                   f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "params.train.lrr: unknown config key (did you mean train.lr?)" in err
+    assert ray.is_initialized() == started and not (tmp_path / "out").exists()
