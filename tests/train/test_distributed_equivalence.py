@@ -6,7 +6,6 @@ the two workers' slices, so the gathered-group mask is exercised both ways.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
