@@ -8,21 +8,22 @@ import sys
 from hbt.config import ConfigError, HBTConfig, load_config
 
 
-def parse(description: str, extra: list[tuple[tuple[str, ...], dict]] | None = None) -> tuple[HBTConfig, argparse.Namespace]:
-    """Parses ``--config FILE [a.b=c ...]`` (plus job-specific flags) and validates the config.
+def base_parser(description: str, prog: str) -> argparse.ArgumentParser:
+    """``--config FILE [a.b=c ...]``; each entrypoint's ``build_parser`` adds its own flags."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (configs/)")
+    p.add_argument("overrides", nargs="*", help="a.b=c overrides")
+    return p
+
+
+def load_or_exit(args: argparse.Namespace) -> HBTConfig:
+    """Validates the config named by ``args``.
 
     Exits with status 2 and the offending keys when the config is invalid,
     before any cluster resources are requested.
     """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="YAML config (configs/)")
-    p.add_argument("overrides", nargs="*", help="a.b=c overrides")
-    for flags, kwargs in extra or []:
-        p.add_argument(*flags, **kwargs)
-    args = p.parse_args()
     try:
-        cfg = load_config(args.config, args.overrides)
+        return load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return cfg, args

@@ -5,12 +5,20 @@
 
 from __future__ import annotations
 
-from hbt.study import run_study
-from ray_jobs._args import parse
+import argparse
+
+from ray_jobs._args import base_parser, load_or_exit
 
 
-def main() -> None:
-    cfg, _ = parse(__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    return base_parser(__doc__, "python -m ray_jobs.study")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = load_or_exit(build_parser().parse_args(argv))
+    from hbt.study import run_study
+
     run_study(cfg)
 
 

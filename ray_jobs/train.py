@@ -5,14 +5,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from hbt.train.job import run_training
-from ray_jobs._args import parse
+from ray_jobs._args import base_parser, load_or_exit
 
 
-def main() -> None:
-    cfg, args = parse(__doc__, [(("--resume",), {"default": None, "help": "run name to continue"})])
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    p = base_parser(__doc__, "python -m ray_jobs.train")
+    p.add_argument("--resume", default=None, help="run name to continue")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cfg = load_or_exit(args)
+    from hbt.train.job import run_training
+
     print(json.dumps(run_training(cfg, resume_from=args.resume), indent=2, default=str))
 
 
