@@ -237,3 +237,13 @@ def test_extraction_joins_continuations_and_cuts_comments() -> None:
     got = [(c.line, c.text) for c in extract_commands(PROJECT_ROOT / "README.md", lines)]
     assert got == [(1, "hbt tune --config configs/local.yaml --space tune_spaces/alpha.yaml"),
                    (3, "hbt data fetch tatoeba")]
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(PROJECT_ROOT)) for p in YAMLS])
+def test_every_yaml_opens_with_a_command_that_uses_it(path: Path) -> None:
+    rel = str(path.relative_to(PROJECT_ROOT))
+    cmds = extract_commands(path, _yaml_header_lines(path))
+    uses = rel if path.parent.name != "tune_spaces" else f"--space {rel}"
+    if path.name == "cluster.yaml":
+        uses = "ray job submit"
+    assert any(uses in c.text for c in cmds), f"{rel}: no command in its opening comment runs it: {cmds}"
