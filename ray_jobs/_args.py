@@ -10,7 +10,8 @@ from hbt.config import ConfigError, HBTConfig, load_config
 
 def base_parser(description: str, prog: str) -> argparse.ArgumentParser:
     """``--config FILE [a.b=c ...]``; each entrypoint's ``build_parser`` adds its own flags."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (configs/)")
     p.add_argument("overrides", nargs="*", help="a.b=c overrides")
     return p

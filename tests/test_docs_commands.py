@@ -95,8 +95,8 @@ def _is_command(tokens: list[str]) -> bool:
         return False
     if tokens[0] == "hbt":
         return True
-    if tokens[0] in ("python", "python3") and len(tokens) > 2 and tokens[1] == "-m" and tokens[2].startswith("ray_jobs"):
-        return True
+    if tokens[0] in ("python", "python3") and tokens[1:2] == ["-m"] and len(tokens) > 2:
+        return tokens[2].startswith("ray_jobs")
     return tokens[:3] == ["ray", "job", "submit"]
 
 
