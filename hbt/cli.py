@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``hbt <name>``: the ``ray_jobs`` entrypoints take exactly these flags."""
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hbt`` command."""
     args = build_parser().parse_args(argv)

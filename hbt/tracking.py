@@ -10,12 +10,49 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from hbt.config import HBTConfig, flatten
+
+
+REDACTED = "***"
+# scheme://user:password@host...: the password part, for strings urlsplit cannot take apart.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password in it replaced by ``***`` (the user name stays, to tell accounts apart).
+
+    ``http://user:pass@host/`` -> ``http://user:***@host/``;
+    ``postgresql://u:p@h/db`` -> ``postgresql://u:***@h/db``; a token given as
+    the user part alone (``https://TOKEN@host``) is replaced whole. Query
+    parameters named like secrets (``password``, ``token``, ``secret``, ``key``)
+    are replaced too. URIs without credentials come back unchanged.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _USERINFO.sub(lambda m: f"{m.group('head')}:{REDACTED}@", uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
+    query = re.sub(r"(?i)((?:^|&)[^=&]*(?:password|passwd|pwd|token|secret|key)[^=&]*=)[^&]*",
+                   lambda m: m.group(1) + REDACTED, parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return uri
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """Params with credentials cut out of every URI-like string value (``tracking.uri`` and any other)."""
+    return {k: redact_uri(v) if isinstance(v, str) and "://" in v else v for k, v in flat.items()}
 
 
 def tracking_uri(cfg: HBTConfig) -> str:
@@ -108,7 +145,8 @@ class Tracker:
     def _degrade(self, err: Exception) -> None:
         if not self._warned:
             warnings.warn(
-                f"MLflow tracking at {self.uri} failed ({type(err).__name__}: {err}); "
+                f"MLflow tracking at {redact_uri(self.uri)} failed "
+                f"({type(err).__name__}: {_redact_text(str(err), self.uri)}); "
                 f"going on, metrics are kept in {self.run_dir / 'metrics.jsonl'}",
                 stacklevel=3,
             )
@@ -116,8 +154,12 @@ class Tracker:
         self._client = None
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Logs (flattened) params; values are stringified and cut to MLflow's 6000 characters."""
-        flat = flatten(params)
+        """Logs (flattened) params; values are stringified and cut to MLflow's 6000 characters.
+
+        Credentials inside URI values (``tracking.uri`` = ``http://user:pass@host``)
+        are replaced by ``***`` before they reach MLflow or ``params.json``.
+        """
+        flat = _redact_params(flatten(params))
         (self.run_dir / "params.json").write_text(json.dumps(flat, indent=2, default=str), encoding="utf-8")
         if self._client is None:
             return
@@ -180,6 +222,13 @@ class Tracker:
             self._client.set_terminated(self.run_id, status=status)
         except Exception as e:
             self._degrade(e)
+
+
+def _redact_text(text: str, uri: str) -> str:
+    """An error message with the URI's credentials cut out (errors often quote the URI)."""
+    if redact_uri(uri) != uri:
+        text = text.replace(uri, redact_uri(uri))
+    return _USERINFO.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
 
 
 def _mlflow_key(key: str) -> str:

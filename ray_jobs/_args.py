@@ -1,28 +1,29 @@
-"""The argument parsing shared by every ``ray_jobs`` entrypoint."""
+"""What every ``ray_jobs`` entrypoint shares: ``hbt``'s own parser, validation and error handling.
+
+An entrypoint is ``hbt <command>`` under another name, so a cluster job and a
+local run take the same flags, validate the config before any cluster
+resources are requested, and report every user error as one ``error:`` line
+with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
-from hbt.config import ConfigError, HBTConfig, load_config
+
+def entrypoint_parser(command: str, prog: str) -> argparse.ArgumentParser:
+    """``hbt <command>``'s parser, named as the entrypoint."""
+    from hbt.cli import subcommand_parser
+
+    p = copy.copy(subcommand_parser(command))
+    p.prog = prog
+    return p
 
 
-def parse(description: str, extra: list[tuple[tuple[str, ...], dict]] | None = None) -> tuple[HBTConfig, argparse.Namespace]:
-    """Parses ``--config FILE [a.b=c ...]`` (plus job-specific flags) and validates the config.
+def run_hbt(command: str, argv: list[str] | None = None) -> int:
+    """Runs ``hbt <command> argv`` (default: this process's arguments); returns its exit status."""
+    from hbt.cli import main
 
-    Exits with status 2 and the offending keys when the config is invalid,
-    before any cluster resources are requested.
-    """
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="YAML config (configs/)")
-    p.add_argument("overrides", nargs="*", help="a.b=c overrides")
-    for flags, kwargs in extra or []:
-        p.add_argument(*flags, **kwargs)
-    args = p.parse_args()
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    return cfg, args
+    return main([command, *(sys.argv[1:] if argv is None else argv)])

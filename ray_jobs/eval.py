@@ -1,13 +1,24 @@
-"""The older name of :mod:`ray_jobs.evaluate` (same flags as ``hbt eval``), kept for existing job scripts.
+"""The older name of :mod:`ray_jobs.evaluate`, kept for existing job scripts (the flags of ``hbt eval``).
 
-    ray job submit --working-dir . -- python -m ray_jobs.eval --config configs/local.yaml --model DIR
+    ray job submit --working-dir . -- python -m ray_jobs.eval --config configs/cluster-xlmr.yaml --model RUN
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from ray_jobs.evaluate import run
+from ray_jobs._args import entrypoint_parser, run_hbt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    return entrypoint_parser("eval", "python -m ray_jobs.eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_hbt("eval", argv)
+
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Evaluate a bi-encoder by benchmark on the cluster: the same flags as ``hbt eval``.
+"""Evaluate a bi-encoder by benchmark on the cluster (the flags of ``hbt eval``).
 
     ray job submit --working-dir . -- python -m ray_jobs.evaluate --config configs/cluster-xlmr.yaml \
         --model s3://BUCKET/hbt-runs/RUN/model --benchmark xquad_r,mlqa_r --output eval.json
@@ -6,15 +6,20 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from hbt.cli import main
+from ray_jobs._args import entrypoint_parser, run_hbt
 
 
-def run(argv: list[str] | None = None) -> int:
-    """``hbt eval`` with these arguments: one parser, one validation, one summary."""
-    return main(["eval", *(sys.argv[1:] if argv is None else argv)])
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    return entrypoint_parser("eval", "python -m ray_jobs.evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_hbt("eval", argv)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

@@ -1,18 +1,24 @@
-"""The HBT study: train every strategy, evaluate in and out of domain, report.
+"""The HBT study: train every strategy, evaluate in and out of domain, report (the flags of ``hbt study``).
 
     ray job submit --working-dir . -- python -m ray_jobs.study --config configs/cluster-xlmr.yaml
 """
 
 from __future__ import annotations
 
-from hbt.study import run_study
-from ray_jobs._args import parse
+import argparse
+import sys
+
+from ray_jobs._args import entrypoint_parser, run_hbt
 
 
-def main() -> None:
-    cfg, _ = parse(__doc__)
-    run_study(cfg)
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    return entrypoint_parser("study", "python -m ray_jobs.study")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_hbt("study", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,20 +1,24 @@
-"""Train one bi-encoder on the cluster.
+"""Train one bi-encoder on the cluster (the flags of ``hbt train``).
 
-    ray job submit --working-dir . -- python -m ray_jobs.train --config configs/local.yaml [a.b=c ...]
+    ray job submit --working-dir . -- python -m ray_jobs.train --config configs/cluster-xlmr.yaml [a.b=c ...]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import sys
 
-from hbt.train.job import run_training
-from ray_jobs._args import parse
+from ray_jobs._args import entrypoint_parser, run_hbt
 
 
-def main() -> None:
-    cfg, args = parse(__doc__, [(("--resume",), {"default": None, "help": "run name to continue"})])
-    print(json.dumps(run_training(cfg, resume_from=args.resume), indent=2, default=str))
+def build_parser() -> argparse.ArgumentParser:
+    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
+    return entrypoint_parser("train", "python -m ray_jobs.train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_hbt("train", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -131,3 +131,14 @@ def test_cluster_run_configs_validate(name: str) -> None:
     # Multi-node runs need shared storage and a shared tracking server.
     assert cfg.ray.storage_path and "://" in cfg.ray.storage_path
     assert cfg.tracking.uri and cfg.tracking.uri.startswith("http")
+
+
+def test_dashboard_binds_loopback_and_nothing_binds_all_interfaces(raw: dict[str, Any]) -> None:
+    # docs/cluster.md, "Security": the dashboard and job API only through `ray dashboard` (SSH);
+    # MLflow on the head's private address (the Train workers log to it), never 0.0.0.0.
+    head = " ".join(raw["head_start_ray_commands"])
+    assert re.search(r"ray start --head .*--dashboard-host=127\.0\.0\.1\b", head)
+    assert "0.0.0.0" not in yaml.safe_dump(raw) and "::" not in head
+    assert re.search(r"mlflow server --host hbt-head\b", head)
+    # hbt-head is the head's private address on the head too, so the local drivers reach MLflow.
+    assert not re.search(r"127\.0\.0\.1 hbt-head", head)

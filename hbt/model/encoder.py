@@ -130,6 +130,9 @@ def load_encoder(
 
     Returns:
         (encoder, tokenizer)
+
+    Raises:
+        OSError: the dir (or hub repo) has no safetensors weights.
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -140,7 +143,11 @@ def load_encoder(
         meta.query_prefix = query_prefix
     if passage_prefix is not None:
         meta.passage_prefix = passage_prefix
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    # Weights load from safetensors only: a pickled pytorch_model.bin can run code when
+    # unpickled, and checkpoints come back from shared storage (docs/cluster.md, "Trust").
+    kwargs: dict = {"use_safetensors": True}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
     backbone = AutoModel.from_pretrained(str(model_dir), add_pooling_layer=False, **kwargs) if _is_bert(model_dir) else AutoModel.from_pretrained(str(model_dir), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return BiEncoder(backbone, meta), tokenizer

@@ -351,7 +351,7 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     from ray import tune
 
     from hbt.raysetup import init_ray
-    from hbt.tracking import tracking_uri
+    from hbt.tracking import redact_uri, tracking_uri
 
     root = Path(cfg.output_dir).resolve()
     name = cfg.run_name or "tune"
@@ -408,7 +408,8 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     for path in summary["files"].values():
         parent.log_artifact(path, "search")
     parent.end("FINISHED")
-    out = {"search_dir": str(search_dir), "tracking_uri": uri, "mlflow_run_id": parent.run_id, "num_trials": len(rows),
+    out = {"search_dir": str(search_dir), "tracking_uri": redact_uri(uri), "mlflow_run_id": parent.run_id,
+           "num_trials": len(rows),
            "counts": summary["counts"], "best": best, "best_config": summary["files"].get("best_config.yaml"),
            "pareto": summary["pareto"], "files": summary["files"]}
     (search_dir / "summary.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")

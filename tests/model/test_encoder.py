@@ -52,3 +52,21 @@ def test_unknown_pooling_fails(tiny_model_dir):
     enc, _ = load_encoder(tiny_model_dir)
     with pytest.raises(ValueError, match="pooling"):
         BiEncoder(enc.backbone, EncoderMetadata(pooling="max"))
+
+
+def test_saves_safetensors_and_refuses_pickled_weights(tiny_model_dir, tmp_path):
+    # The trust boundary of docs/cluster.md: model weights never come from a pickle.
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    enc, tok = load_encoder(tiny_model_dir)
+    out = enc.save(tmp_path / "saved", tok)
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    pickled = tmp_path / "pickled"
+    shutil.copytree(out, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(load_file(out / "model.safetensors"), pickled / "pytorch_model.bin")
+    with pytest.raises(OSError):
+        load_encoder(pickled)
