@@ -206,6 +206,47 @@ def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
     }
 
 
+def _encoded(items: list[tuple[str, str]], model_dir: str, cfg: Any):
+    """The Ray Data pipeline embedding unique ``(kind, text)`` items: blocks of ``{row, embedding}``."""
+    import ray
+
+    order = length_order(model_dir, items, cfg.eval.max_length)
+    rows = [{"row": int(i), "kind": items[i][0], "text": items[i][1]} for i in order]
+    bs = cfg.eval.batch_size
+    # Blocks of a few batches: enough blocks to keep every actor busy, and the
+    # length order survives inside each block.
+    num_blocks = max(1, math.ceil(len(rows) / (bs * 4)))
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
+    return ds.map_batches(
+        EncoderActor,
+        fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),
+        batch_size=bs,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_encoders),
+        num_cpus=cfg.eval.cpus_per_encoder,
+        num_gpus=cfg.eval.gpus_per_encoder,
+    )
+
+
+def encode_to_store(texts: Sequence[str], kinds: Sequence[str], model_dir: str, cfg: Any):
+    """Embeds texts like :func:`encode_with_ray`, but the embeddings stay in Ray's object store.
+
+    Returns:
+        A :class:`~hbt.eval.search.LazyEmbeddings` in input order: slicing it is
+        free, ``np.asarray`` fetches the rows asked for, and
+        :func:`~hbt.eval.search.make_index` searches it with actors that hold
+        the blocks. The driver keeps one block id and offset per unique text.
+    """
+    from hbt.eval.search import LazyEmbeddings, store_from_refs
+
+    cfg = resolve_eval_auto(cfg, verbose=False)
+    items, inverse = unique_items(texts, kinds)
+    if not items:
+        raise ValueError("encode_to_store: no texts")
+    refs = _encoded(items, model_dir, cfg).materialize().to_numpy_refs()
+    return LazyEmbeddings(store_from_refs(refs, len(items), cfg.eval), inverse)
+
+
 def encode_with_ray(
     texts: Sequence[str],
     kinds: Sequence[str],
@@ -226,28 +267,11 @@ def encode_with_ray(
     Returns:
         (len(texts), dim) float32 embeddings in input order.
     """
-    import ray
-
     cfg = resolve_eval_auto(cfg, verbose=False)  # a no-op when the caller already resolved it
     items, inverse = unique_items(texts, kinds)
     if not items:
         return np.zeros((0, 0), np.float32)
-    order = length_order(model_dir, items, cfg.eval.max_length)
-    rows = [{"row": int(i), "kind": items[i][0], "text": items[i][1]} for i in order]
-    bs = cfg.eval.batch_size
-    # Blocks of a few batches: enough blocks to keep every actor busy, and the
-    # length order survives inside each block.
-    num_blocks = max(1, math.ceil(len(rows) / (bs * 4)))
-    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
-    ds = ds.map_batches(
-        EncoderActor,
-        fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),
-        batch_size=bs,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_encoders),
-        num_cpus=cfg.eval.cpus_per_encoder,
-        num_gpus=cfg.eval.gpus_per_encoder,
-    )
+    ds = _encoded(items, model_dir, cfg)
     unique_emb: np.ndarray | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if unique_emb is None:

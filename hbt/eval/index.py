@@ -68,6 +68,76 @@ def _build_faiss(vectors: np.ndarray, kind: str, nlist: int, nprobe: int, hnsw_m
     return index
 
 
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merges per-shard top lists ``(scores, global ids)`` into the top-k under the module's ordering contract.
+
+    Shards searched in this process and shards held by search actors
+    (:mod:`hbt.eval.search`) are merged by this one function.
+    """
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    sort_ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+    order = np.lexsort((sort_ids, -scores), axis=-1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    # Runs of scores within the tie tolerance of each other are one tie: order them by id.
+    tol = tie_tolerance(np.where(np.isfinite(scores[:, :1]), scores[:, :1], 0.0))
+    gaps = np.diff(np.nan_to_num(scores, neginf=-1e30), axis=1) < -tol
+    tie_group = np.concatenate([np.zeros((scores.shape[0], 1), np.int64), np.cumsum(gaps, axis=1)], axis=1)
+    order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), tie_group), axis=-1)[:, :k]
+    scores = np.take_along_axis(scores, order, axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, ids
+
+
+def pad_relevant(relevant: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Relevant-id lists as int64 arrays and one (B, W) matrix padded with -1 (W: the longest list)."""
+    rel = [np.asarray(r, dtype=np.int64) for r in relevant]
+    pad = np.full((len(rel), max((r.size for r in rel), default=0)), -1, np.int64)
+    for i, r in enumerate(rel):
+        pad[i, : r.size] = r
+    return rel, pad
+
+
+def count_before(S: np.ndarray, col_ids: np.ndarray, R: np.ndarray, pad: np.ndarray, tol: np.ndarray,
+                 pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """Per query and relevant candidate, how many of the scored columns the full ranking puts before it.
+
+    ``#{c : s_c > r + tol} + #{c : |s_c - r| <= tol and id_c < id_r}``: the
+    order :meth:`ShardedIndex.search` uses. Summed over disjoint column sets
+    (the shards of :mod:`hbt.eval.search`), plus one, it is the exact rank.
+
+    Args:
+        S: (B, C) scores of B queries against C columns.
+        col_ids: (C,) the columns' global ids.
+        R: (B, W) each query's relevant scores (padding where ``pad`` < 0).
+        pad: (B, W) the relevant candidates' global ids, -1 as padding.
+        tol: (B,) the tie tolerance per query.
+        pool: threads to count row groups with (numpy releases the GIL in ufuncs).
+
+    Returns:
+        (B, W) int64 counts.
+    """
+    if S.shape[1] == 0:
+        return np.zeros(pad.shape, np.int64)
+    t = np.asarray(tol)[:, None, None]
+
+    def count(g: np.ndarray) -> np.ndarray:
+        diff = S[g, None, :] - R[g, :, None]
+        above = (diff > t[g]).sum(-1)
+        ties = (np.abs(diff) <= t[g]) & (col_ids[None, None, :] < pad[g, :, None])
+        return above + ties.sum(-1)
+
+    groups = np.array_split(np.arange(S.shape[0]), max(1, min(S.shape[0] // 16, os.cpu_count() or 1)))
+    parts = list(pool.map(count, groups)) if pool is not None else [count(g) for g in groups]
+    return np.concatenate(parts, axis=0).astype(np.int64)
+
+
 class ShardedIndex:
     """Inner-product search over contiguous shards of a candidate matrix.
 
@@ -185,25 +255,7 @@ class ShardedIndex:
             parts = [self._search_shard(s, queries, k) for s in self._shards]
         else:
             parts = list(self._pool.map(lambda s: self._search_shard(s, queries, k), self._shards))
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        sort_ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
-        order = np.lexsort((sort_ids, -scores), axis=-1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        ids = np.take_along_axis(ids, order, axis=1)
-        # Runs of scores within the tie tolerance of each other are one tie: order them by id.
-        tol = tie_tolerance(np.where(np.isfinite(scores[:, :1]), scores[:, :1], 0.0))
-        gaps = np.diff(np.nan_to_num(scores, neginf=-1e30), axis=1) < -tol
-        tie_group = np.concatenate([np.zeros((scores.shape[0], 1), np.int64), np.cumsum(gaps, axis=1)], axis=1)
-        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), tie_group), axis=-1)[:, :k]
-        scores = np.take_along_axis(scores, order, axis=1)
-        ids = np.take_along_axis(ids, order, axis=1)
-        if scores.shape[1] < k:
-            pad = k - scores.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
+        return merge_topk(parts, k)
 
     # -- exact ranks in the full ranking ----------------------------------------
 
@@ -236,26 +288,13 @@ class ShardedIndex:
         idx = np.arange(self.ntotal)
         for s in range(0, queries.shape[0], block):
             S = self.scores(queries[s : s + block])
-            rel = [np.asarray(r, dtype=np.int64) for r in relevant[s : s + block]]
-            width = max((r.size for r in rel), default=0)
-            if width == 0:
+            rel, pad = pad_relevant(relevant[s : s + block])
+            if pad.shape[1] == 0:
                 out.extend(np.zeros(0, np.int64) for _ in rel)
                 continue
-            pad = np.full((len(rel), width), -1, np.int64)
-            for i, r in enumerate(rel):
-                pad[i, : r.size] = r
             R = np.take_along_axis(S, np.maximum(pad, 0), axis=1)  # (B, W) relevant scores
-            tol = tie_tolerance(S.max(axis=1))[:, None, None]
-            # Count in row groups across threads; numpy releases the GIL in ufuncs.
-            groups = np.array_split(np.arange(len(rel)), max(1, min(len(rel) // 16, os.cpu_count() or 1)))
-
-            def count(g: np.ndarray) -> np.ndarray:
-                diff = S[g, None, :] - R[g, :, None]
-                above = (diff > tol[g]).sum(-1)
-                ties = (np.abs(diff) <= tol[g]) & (idx[None, None, :] < pad[g, :, None])
-                return above + ties.sum(-1)
-
-            counts = np.concatenate(list(self._pool.map(count, groups)), axis=0) + 1
+            tol = tie_tolerance(S.max(axis=1))
+            counts = count_before(S, idx, R, pad, tol, self._pool) + 1
             out.extend(counts[i, : r.size].astype(np.int64) for i, r in enumerate(rel))
         return out
 

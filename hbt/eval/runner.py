@@ -168,7 +168,9 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
 
     Ray is initialised (``cfg.ray.address``) unless it already is; the texts
     are embedded by a Ray Data actor pool (``eval.num_encoders`` actors with
-    ``eval.cpus_per_encoder`` CPUs / ``eval.gpus_per_encoder`` GPUs each).
+    ``eval.cpus_per_encoder`` CPUs / ``eval.gpus_per_encoder`` GPUs each). The
+    embeddings stay in the object store, ``eval.num_shards`` search actors hold
+    the candidates, and this process only fetches queries and merges results.
 
     Args:
         cfg: the config.
@@ -185,7 +187,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
         BenchmarkError: bad benchmark files or language codes.
         ValueError: an unknown split, or ``dev`` without ``data.dev_articles``.
     """
-    from hbt.eval.encode import encode_with_ray, truncation_shares
+    from hbt.eval.encode import encode_to_store, truncation_shares
 
     t0 = time.time()
     out = Path(out_dir)
@@ -194,13 +196,19 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
     t_load = time.time()
     texts, kinds, where = texts_of(benches)
     cfg = prepare_eval(cfg, out)
-    emb = encode_with_ray(texts, kinds, str(model_dir), cfg)
+    # The embeddings stay in the object store; search actors hold the candidates
+    # and the driver fetches only the queries (hbt.eval.search).
+    emb = encode_to_store(texts, kinds, str(model_dir), cfg)
     t_enc = time.time()
     col = Collector()
     info: dict[str, Any] = {"model_dir": str(model_dir), "split": split, "benchmarks": list(benches),
                             "precision": cfg.eval.precision, "num_encoders": cfg.eval.num_encoders,
-                            "texts": len(texts), "unique_texts": len(set(zip(kinds, texts)))}
-    info.update(score_benchmarks(benches, emb, where, cfg, col, out))
+                            "search_shards": cfg.eval.num_shards,
+                            "texts": len(texts), "unique_texts": emb.store.count}
+    try:
+        info.update(score_benchmarks(benches, emb, where, cfg, col, out))
+    finally:
+        emb.store.close()
     for name, sl in where.items():
         parts = [i for s in sl for i in range(s.start, s.stop)]
         info[name]["truncated_at_max_length"] = truncation_shares(

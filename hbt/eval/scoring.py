@@ -1,5 +1,9 @@
 """Scorers: embeddings in benchmark order -> metrics, per-query values and matrices in a :class:`Collector`.
 
+Embeddings are arrays (the in-training dev evaluation) or
+:class:`~hbt.eval.search.LazyEmbeddings` (a saved model's evaluation: the
+candidates stay with the search actors, the queries are fetched).
+
 One scorer per benchmark shape; the registry (:mod:`hbt.eval.registry`) says
 which one a benchmark uses.
 """
@@ -12,7 +16,7 @@ import numpy as np
 
 from hbt.config import HBTConfig
 from hbt.eval.benchmarks import AdhocBenchmark, BitextBenchmark, QABenchmark
-from hbt.eval.index import ShardedIndex
+from hbt.eval.search import make_index
 from hbt.eval.metrics import (
     LAREQA_METRICS,
     ndcg_graded,
@@ -47,7 +51,7 @@ def score_qa(bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTC
             pool = bench.pool([y])
             local = np.full(bench.num_candidates, -1, np.int64)
             local[pool] = np.arange(pool.size)
-            index = ShardedIndex.from_config(c_emb[pool], cfg.eval)
+            index = make_index(c_emb[pool], cfg.eval)
             xs = L if cross else [y]
             q_sets = {x: bench.queries_in(x, also_in=y) for x in xs}
             qs = np.concatenate([q_sets[x] for x in xs])
@@ -86,7 +90,7 @@ def _score_multilingual(
     bench: QABenchmark, q_emb: np.ndarray, c_emb: np.ndarray, cfg: HBTConfig, out: Collector
 ) -> None:
     name, L = bench.name, bench.languages
-    index = ShardedIndex.from_config(c_emb, cfg.eval)
+    index = make_index(c_emb, cfg.eval)
     rel = [bench.relevant(q, L) for q in range(bench.num_queries)]
     ranks = index.rank_of(q_emb, rel)
     index.close()
@@ -129,7 +133,7 @@ def score_tatoeba(pairs: list[BitextBenchmark], embs: list[tuple[np.ndarray, np.
             (f"{p.lang}-eng", src[lines], eng, xx_keys),
             (f"eng-{p.lang}", eng[lines], src, en_keys),
         ):
-            index = ShardedIndex.from_config(targets, cfg.eval)
+            index = make_index(targets, cfg.eval)
             ranks = np.array([r[0] for r in index.rank_of(queries, gold)])
             index.close()
             out.add(f"tatoeba/{direction}/acc@1", (ranks == 1).astype(np.float64), labels, labels)
@@ -149,8 +153,8 @@ def score_miracl(benches: list[AdhocBenchmark], embs: list[tuple[np.ndarray, np.
     keys: dict[str, list[str]] = {"nDCG@10": [], "R@100": []}
     k = max(100, cfg.eval.top_k)
     for b, (q, d) in zip(benches, embs):
-        index = ShardedIndex.from_config(d, cfg.eval)
-        scores, ids = index.search(q, min(k, d.shape[0]))
+        index = make_index(d, cfg.eval)
+        scores, ids = index.search(q, min(k, len(d)))
         index.close()
         ndcg, recall = [], []
         for i, qid in enumerate(b.query_ids):
