@@ -17,6 +17,7 @@ from hbt.data.batches import GlobalBatches
 from hbt.data.pipeline import assemble_pairs, fetch_train_table
 from hbt.data.strategies import plan_step
 from hbt.distributed import mean_across_workers
+from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
 from hbt.train.state import TrainState
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
@@ -98,16 +99,56 @@ def build_engine(model: torch.nn.Module, cfg: HBTConfig, local_batch: int, world
     return engine
 
 
-def _save_hf_model(engine, model: Retriever, tokenizer, out: Path, rank: int, zero_stage: int) -> None:
-    """Saves the encoder in transformers format from rank 0 (gathering ZeRO-3 shards first)."""
-    if zero_stage == 3:
+def serving_max_length(cfg: HBTConfig) -> int:
+    """The ``max_seq_length`` a trained model is saved with.
+
+    sentence-transformers has one cut-off for queries and documents alike. The larger of
+    the two training lengths keeps passages as long as training saw them; queries, being
+    shorter, are not cut by it either. The smaller one would truncate passages the model
+    learned to read whole.
+    """
+    return max(cfg.model.max_query_length, cfg.model.max_passage_length)
+
+
+def training_facts(cfg: HBTConfig, step: int) -> TrainingFacts:
+    """What the model card says about this run."""
+    d, b = cfg.data, cfg.batching
+    data = f"{d.format} `{d.path}`, languages {', '.join(d.languages)}"
+    if d.max_questions:
+        data += f", first {d.max_questions} questions"
+    if d.heldout_articles or d.dev_articles:
+        data += f" ({len(d.heldout_articles)} test and {len(d.dev_articles)} dev articles held out)"
+    base = cfg.model.name_or_path + (f" (first {cfg.model.num_layers} layers)" if cfg.model.num_layers else "")
+    return TrainingFacts(
+        base_model=base, training_data=data, strategy=b.strategy,
+        alpha=b.alpha if b.strategy == "hybrid" else None, steps=step, seeds=[b.seed],
+        other={"Global batch size": str(b.global_batch_size), "Learning rate": f"{cfg.train.lr:g}",
+               "Temperature": f"{cfg.train.temperature:g}",
+               "Max lengths (query/passage)": f"{cfg.model.max_query_length}/{cfg.model.max_passage_length}"},
+    )
+
+
+def save_trained_model(encoder, tokenizer, out: Path, cfg: HBTConfig, step: int, metrics: dict[str, float]) -> Path:
+    """Saves a trained bi-encoder: transformers weights, sentence-transformers files and a model card.
+
+    The card lists the dev metrics in ``metrics`` (those known at save time).
+    """
+    dev = {k: v for k, v in metrics.items() if k.startswith("dev/") and k != "dev/seconds"}
+    return encoder.save(out, tokenizer, max_seq_length=serving_max_length(cfg), training=training_facts(cfg, step),
+                        evaluation=dev or None)
+
+
+def _save_hf_model(model: Retriever, tokenizer, out: Path, rank: int, cfg: HBTConfig, step: int,
+                   metrics: dict[str, float]) -> None:
+    """Saves the encoder from rank 0 (gathering ZeRO-3 shards first)."""
+    if cfg.deepspeed.zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if rank == 0:
-                model.encoder.save(out, tokenizer)
+                save_trained_model(model.encoder, tokenizer, out, cfg, step, metrics)
     elif rank == 0:
-        model.encoder.save(out, tokenizer)
+        save_trained_model(model.encoder, tokenizer, out, cfg, step, metrics)
 
 
 def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg: HBTConfig, rank: int,
@@ -118,7 +159,7 @@ def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg:
 
     with tempfile.TemporaryDirectory(prefix="hbt-ckpt-") as d:
         engine.save_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-        _save_hf_model(engine, model, tokenizer, Path(d) / "model", rank, cfg.deepspeed.zero_stage)
+        _save_hf_model(model, tokenizer, Path(d) / "model", rank, cfg, state.step, metrics)
         if rank == 0:
             state.save(d)
             dump_config(cfg, Path(d) / "config.yaml")
