@@ -11,7 +11,7 @@ matrix; nothing is written to disk (no run ever read the shards back).
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -106,6 +106,20 @@ def unique_items(texts: Sequence[str], kinds: Sequence[str]) -> tuple[list[tuple
     return list(seen), inverse
 
 
+@functools.lru_cache(maxsize=2)
+def driver_tokenizer(model_dir: str) -> Any:
+    """The tokenizer of ``model_dir`` (a storage URI fetches its non-weight files), loaded once per process.
+
+    Loading XLM-R's tokenizer costs ~0.1 GB for a moment; the driver sorts and
+    counts texts with it several times per evaluation.
+    """
+    from transformers import AutoTokenizer
+
+    from hbt.model.storage import local_model_dir
+
+    return AutoTokenizer.from_pretrained(local_model_dir(model_dir, weights=False))
+
+
 def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: int) -> np.ndarray:
     """Order of ``items`` by token length (ties by position), so batches pad little.
 
@@ -115,11 +129,7 @@ def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: i
         max_length: token cut-off.
     """
     if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        from hbt.model.storage import local_model_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(local_model_dir(str(tokenizer), weights=False))
+        tokenizer = driver_tokenizer(str(tokenizer))
     lengths = np.zeros(len(items), dtype=np.int64)
     step = 4096
     for s in range(0, len(items), step):
@@ -170,17 +180,13 @@ def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str]
     The study's Reductions list these: a cut-off that truncates answer
     sentences changes what is evaluated.
     """
-    from transformers import AutoTokenizer
-
     from hbt.model.metadata import read_metadata
-
     from hbt.model.storage import local_model_dir
 
-    model_dir = local_model_dir(model_dir, weights=False)
-    meta = read_metadata(model_dir)
+    meta = read_metadata(local_model_dir(model_dir, weights=False))
     prefix = {"query": cfg.model.query_prefix if cfg.model.query_prefix is not None else meta.query_prefix,
               "passage": cfg.model.passage_prefix if cfg.model.passage_prefix is not None else meta.passage_prefix}
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = driver_tokenizer(str(model_dir))
     out: dict[str, float] = {}
     for kind in KINDS:
         items = [prefix[kind] + t for t, k in zip(texts, kinds) if k == kind]
@@ -210,13 +216,22 @@ def _encoded(items: list[tuple[str, str]], model_dir: str, cfg: Any):
     """The Ray Data pipeline embedding unique ``(kind, text)`` items: blocks of ``{row, embedding}``."""
     import ray
 
+    import pyarrow as pa
+
     order = length_order(model_dir, items, cfg.eval.max_length)
-    rows = [{"row": int(i), "kind": items[i][0], "text": items[i][1]} for i in order]
     bs = cfg.eval.batch_size
     # Blocks of a few batches: enough blocks to keep every actor busy, and the
-    # length order survives inside each block.
-    num_blocks = max(1, math.ceil(len(rows) / (bs * 4)))
-    ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
+    # length order survives inside each block. Each block is built as columns and
+    # put in the object store at once, so the driver never holds a second copy of
+    # every text (a list of row dicts cost ~300 bytes a text).
+    step = bs * 4
+    refs = []
+    for s in range(0, len(order), step):
+        sel = order[s : s + step]
+        refs.append(ray.put(pa.table({"row": pa.array(sel, pa.int64()),
+                                      "kind": pa.array([items[i][0] for i in sel], pa.string()),
+                                      "text": pa.array([items[i][1] for i in sel], pa.string())})))
+    ds = ray.data.from_arrow_refs(refs)
     return ds.map_batches(
         EncoderActor,
         fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
