@@ -20,6 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+# The one list of batching.strategy names (hbt.data.strategies implements them), in report order.
+BATCHING_STRATEGIES = ("mono", "mixed_mono", "cross", "hybrid", "single")
+# The study's strategies: display name and the batching each trains with. X-X-mono and
+# X-Y are HBT at alpha 1 and 0, so all three run the very same code path; "hbt"
+# keeps the configured alpha (None here).
+STUDY_STRATEGIES: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "x_x_mono": ("X-X-mono", {"batching.strategy": "hybrid", "batching.alpha": 1.0}),
+    "x_y": ("X-Y", {"batching.strategy": "hybrid", "batching.alpha": 0.0}),
+    "hbt": ("HBT", None),
+    "mixed_mono": ("mixed-mono", {"batching.strategy": "mixed_mono"}),
+}
+
 XQUAD_R_LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"]
 MLQA_R_LANGUAGES = ["ar", "de", "en", "es", "hi", "vi", "zh"]
 # Languages an hbt data source may carry (XQuAD-R, MLQA-R, mMARCO, MIRACL).
@@ -162,7 +174,7 @@ class DataConfig(_Strict):
 class BatchingConfig(_Strict):
     """What goes into one global batch (the HBT method)."""
 
-    strategy: Literal["mono", "mixed_mono", "cross", "hybrid", "single"] = "hybrid"
+    strategy: Literal[BATCHING_STRATEGIES] = "hybrid"  # type: ignore[valid-type]
     alpha: float = Field(0.5, description="P(monolingual batch) for 'hybrid'.")
     global_batch_size: int = Field(32, ge=2)
     cross_pair_mode: Literal["per_pair", "per_batch"] = "per_pair"
@@ -329,7 +341,7 @@ def benchmark_metric_keys(eval_cfg: "EvalConfig") -> set[str]:
 class StudyConfig(_Strict):
     """The HBT vs baselines study: strategies, seeds and the pre-registered statistics."""
 
-    strategies: list[Literal["x_x_mono", "x_y", "hbt", "mixed_mono"]] = Field(
+    strategies: list[Literal[tuple(STUDY_STRATEGIES)]] = Field(  # type: ignore[misc]
         default_factory=lambda: ["x_x_mono", "x_y", "hbt"]
     )
     seeds: list[int] = Field(default_factory=lambda: [0])

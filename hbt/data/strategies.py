@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hbt.config import BatchingConfig
+from hbt.config import BATCHING_STRATEGIES, BatchingConfig
 
-MONO, CROSS, MIXED_MONO, SINGLE, HYBRID = "mono", "cross", "mixed_mono", "single", "hybrid"
-# The batching.strategy names, in the order reports list them.
-STRATEGIES = (MONO, MIXED_MONO, CROSS, HYBRID, SINGLE)
+# The batching.strategy names (defined once, in hbt.config), in the order reports list them.
+STRATEGIES = BATCHING_STRATEGIES
+MONO, MIXED_MONO, CROSS, HYBRID, SINGLE = STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-KINDS = ("query", "passage")
+from hbt.model.embed import KINDS, embed_batch, embed_texts, token_length_order, unique_items
+
 PRECISIONS = ("fp32", "bf16", "bf16_weights")
 
 
@@ -67,45 +68,6 @@ class EncoderActor:
         return {"row": np.asarray(batch["row"], dtype=np.int64), "embedding": emb}
 
 
-def embed_batch(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds: Sequence[str], max_length: int,
-                precision: str, device: Any) -> np.ndarray:
-    """Embeds one batch with the model's query/passage prefixes; float32 ``(len(texts), dim)``.
-
-    The one place texts become embeddings: the Ray Data actors and the
-    in-training dev evaluation both call it, so their numbers agree.
-    """
-    import torch
-
-    prefixed = list(texts)
-    for kind in KINDS:
-        pos = [i for i, k in enumerate(kinds) if k == kind]
-        for i, t in zip(pos, encoder.prefix([texts[i] for i in pos], kind)):
-            prefixed[i] = t
-    tok = tokenizer(prefixed, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
-    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                                enabled=precision == "bf16"):
-        emb = encoder(ids, mask)
-    return emb.float().cpu().numpy()
-
-
-def unique_items(texts: Sequence[str], kinds: Sequence[str]) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Deduplicates ``(kind, text)`` pairs.
-
-    Returns:
-        (unique pairs in first-seen order, inverse: position of each input in the unique list)
-    """
-    if len(texts) != len(kinds):
-        raise ValueError(f"{len(texts)} texts but {len(kinds)} kinds")
-    seen: dict[tuple[str, str], int] = {}
-    inverse = np.empty(len(texts), dtype=np.int64)
-    for i, (t, k) in enumerate(zip(texts, kinds)):
-        if k not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {k!r}")
-        inverse[i] = seen.setdefault((k, t), len(seen))
-    return list(seen), inverse
-
-
 @functools.lru_cache(maxsize=2)
 def driver_tokenizer(model_dir: str) -> Any:
     """The tokenizer of ``model_dir`` (a storage URI fetches its non-weight files), loaded once per process.
@@ -121,22 +83,10 @@ def driver_tokenizer(model_dir: str) -> Any:
 
 
 def length_order(tokenizer: Any, items: Sequence[tuple[str, str]], max_length: int) -> np.ndarray:
-    """Order of ``items`` by token length (ties by position), so batches pad little.
-
-    Args:
-        tokenizer: a tokenizer, or a model dir to load one from.
-        items: ``(kind, text)`` pairs.
-        max_length: token cut-off.
-    """
+    """:func:`~hbt.model.embed.token_length_order`, with ``tokenizer`` a tokenizer or a model dir/URI to load one from."""
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = driver_tokenizer(str(tokenizer))
-    lengths = np.zeros(len(items), dtype=np.int64)
-    step = 4096
-    for s in range(0, len(items), step):
-        enc = tokenizer([t for _, t in items[s : s + step]], add_special_tokens=False, truncation=True,
-                        max_length=max_length)
-        lengths[s : s + step] = [len(x) for x in enc["input_ids"]]
-    return np.lexsort((np.arange(len(items)), lengths))
+    return token_length_order(tokenizer, items, max_length)
 
 
 def resolve_eval_auto(cfg: Any, verbose: bool = True) -> Any:
@@ -321,7 +271,7 @@ def encode_in_process(
 
 def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds: Sequence[str], cfg: Any,
                       device: Any, precision: str | None = None) -> np.ndarray:
-    """Embeds texts with an encoder already in memory (deduplicated, length-sorted batches).
+    """:func:`~hbt.model.embed.embed_texts` with the ``eval.*`` batch size, length and precision.
 
     Args:
         encoder: a :class:`hbt.model.encoder.BiEncoder` (put in eval mode by the caller).
@@ -343,17 +293,4 @@ def encode_with_model(encoder: Any, tokenizer: Any, texts: Sequence[str], kinds:
     precision = resolve_precision(precision or cfg.eval.precision, getattr(device, "type", str(device)) == "cuda")
     if precision == "bf16_weights" and next(encoder.parameters()).dtype != torch.bfloat16:
         precision = "bf16"
-    items, inverse = unique_items(texts, kinds)
-    if not items:
-        return np.zeros((0, 0), np.float32)
-    order = length_order(tokenizer, items, cfg.eval.max_length)
-    out: np.ndarray | None = None
-    bs = cfg.eval.batch_size
-    for s in range(0, len(order), bs):
-        sel = order[s : s + bs]
-        emb = embed_batch(encoder, tokenizer, [items[i][1] for i in sel], [items[i][0] for i in sel],
-                          cfg.eval.max_length, precision, device)
-        if out is None:
-            out = np.empty((len(items), emb.shape[1]), np.float32)
-        out[sel] = emb
-    return out[inverse]
+    return embed_texts(encoder, tokenizer, texts, kinds, cfg.eval.batch_size, cfg.eval.max_length, precision, device)

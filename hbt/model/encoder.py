@@ -346,23 +346,14 @@ def encode_texts(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> torch.Tensor:
-    """Embeds texts with the right prefix, in length-sorted batches (less padding).
+    """Embeds texts of one kind with the right prefix (:func:`hbt.model.embed.embed_texts`, fp32).
 
     Returns:
         (len(texts), hidden) float32 embeddings in input order.
     """
+    from hbt.model.embed import embed_texts
+
     encoder.eval()
-    prefixed = encoder.prefix(texts, kind)
-    order = sorted(range(len(prefixed)), key=lambda i: len(prefixed[i]))
-    out = torch.empty(len(prefixed), 0)
-    chunks: list[torch.Tensor] = []
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        batch = tokenizer([prefixed[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        chunks.append(encoder(batch["input_ids"], batch["attention_mask"]))
-    if not chunks:
-        return out
-    emb = torch.cat(chunks)
-    result = torch.empty_like(emb)
-    result[torch.tensor(order)] = emb
-    return result
+    device = next(encoder.parameters()).device
+    emb = embed_texts(encoder, tokenizer, list(texts), [kind] * len(texts), batch_size, max_length, "fp32", device)
+    return torch.from_numpy(emb) if len(texts) else torch.empty(0, 0)

@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hbt.config import STUDY_STRATEGIES
 from hbt.eval.metrics import per_query_key
 from hbt.study.bootstrap import BootstrapResult, paired_bootstrap
 from hbt.study.verdicts import answer, noninferiority_verdicts, superiority_verdict
 
-DISPLAY_NAMES = {"x_x_mono": "X-X-mono", "x_y": "X-Y", "hbt": "HBT", "mixed_mono": "mixed-mono"}
+DISPLAY_NAMES = {name: display for name, (display, _) in STUDY_STRATEGIES.items()}
 ZERO_SHOT = "zero_shot"
 
 

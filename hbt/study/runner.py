@@ -15,26 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hbt.config import HBTConfig, dump_config, with_overrides
+from hbt.config import STUDY_STRATEGIES, HBTConfig, dump_config, with_overrides
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
 from hbt.study.report import build_report, endpoints_table, summary_table
 from hbt.tracking import tracker_for
 
-# Each strategy of the study as the batching it trains with. X-X-mono and X-Y
-# are HBT at alpha 1 and 0, so all three run the very same code path.
-STRATEGY_BATCHING: dict[str, dict[str, Any]] = {
-    "x_x_mono": {"batching.strategy": "hybrid", "batching.alpha": 1.0},
-    "x_y": {"batching.strategy": "hybrid", "batching.alpha": 0.0},
-    "mixed_mono": {"batching.strategy": "mixed_mono"},
-}
-
-
 def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
     """Config updates that make ``cfg`` train ``strategy`` (``hbt`` keeps the configured alpha)."""
-    if strategy == "hbt":
-        return {"batching.strategy": "hybrid", "batching.alpha": cfg.batching.alpha}
-    return STRATEGY_BATCHING[strategy]
+    batching = STUDY_STRATEGIES[strategy][1]
+    return dict(batching) if batching is not None else {"batching.strategy": "hybrid", "batching.alpha": cfg.batching.alpha}
 
 
 def headline_metrics(cfg: HBTConfig) -> list[str]:
