@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -30,21 +33,26 @@ def test_local_study_lists_its_reductions_and_metrics():
 
 
 @pytest.mark.slow
-def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_path, ray_local, capsys):
+def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_path):
+    """``hbt study`` through the CLI, its output redirected to a file as a user's ``> study.log`` would."""
     from mlflow.tracking import MlflowClient
 
-    from hbt.study import run_study
-
-    cfg = load_config(PROJECT_ROOT / "configs" / "local.yaml", [
+    overrides = [
         f"output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", "run_name=study-test",
         "data.languages=[en,de,es]", "eval.languages=[en,de,es]", "data.max_questions=32",
         "batching.global_batch_size=4", "train.max_steps=2", "train.warmup_steps=0", "train.log_every=1",
         "eval.max_questions=20", "eval.tatoeba_languages=[deu,spa]", "eval.benchmarks=[xquad_r,tatoeba]",
         "study.bootstrap_samples=200", "model.freeze_embeddings=false", "study.seeds=[0,1]", "study.strategies=[x_y,hbt]",
         "study.domain_shift_endpoints=[tatoeba/xx-eng/acc@1,tatoeba/eng-xx/acc@1]",
-    ])
-    report = run_study(cfg)
+    ]
+    log_file = tmp_path / "study.log"
+    with open(log_file, "wb") as f:
+        rc = subprocess.run([sys.executable, "-m", "hbt.cli", "study", "--config", "configs/local.yaml", *overrides],
+                            stdout=f, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, timeout=1200).returncode
+    printed = log_file.read_bytes().decode("utf-8", errors="replace")
+    assert rc == 0, printed[-3000:]
     out = tmp_path / "study-test"
+    report = json.loads((out / "report.json").read_text())
     for name in ("report.md", "report.json", "timings.json"):
         assert (out / name).exists(), name
     assert list(out.glob("*.png")), "plots"
@@ -60,8 +68,14 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
     assert saved["rows"][0]["scores"]["hbt"]["n_seeds"] == 2
     assert any("questions per article" in r for r in saved["reductions"])
     assert any("truncated at eval.max_length" in r for r in saved["reductions"])
-    printed = capsys.readouterr().out
     assert "study finished" in printed and saved["answer"] in printed
+    # The log a user keeps: no progress-bar redraws, no line echoed twice.
+    lines = printed.splitlines()
+    assert "\r" not in printed and not [x for x in lines if re.search(r"\d+%\|", x)]
+    echoed = [a for a, b in zip(lines, lines[1:]) if a == b and a.strip()]
+    assert not echoed, echoed
+    steps = [x for x in lines if re.search(r"\[hbt\] .*step \d+/2 loss", x)]
+    assert len(steps) == 4 * 2, steps  # 2 steps x 4 runs, each line once (not echoed)
 
     client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name("hbt")
