@@ -497,7 +497,7 @@ def _check_eval_languages(e: EvalConfig) -> None:
 # that is missing is reported by hbt.data.fetch.ensure_data with the fetch command (and fetched with
 # --fetch), so the load check leaves it alone.
 FETCHABLE_FOLDERS = ("xquad-r", "mlqa-r", "tatoeba")
-_BENCHMARK_PATH_KEYS = {"xquad_r": "xquad_r_path", "mlqa_r": "mlqa_r_path", "tatoeba": "tatoeba_path",
+BENCHMARK_PATH_KEYS = {"xquad_r": "xquad_r_path", "mlqa_r": "mlqa_r_path", "tatoeba": "tatoeba_path",
                         "miracl": "miracl_path"}
 
 
@@ -516,7 +516,7 @@ def paths_are_local(cfg: HBTConfig) -> bool:
 def data_path_keys(cfg: HBTConfig) -> list[tuple[str, str]]:
     """``(config key, path)`` of the data a config reads: ``data.path`` and each enabled benchmark's path."""
     items = [("data.path", cfg.data.path)]
-    items += [(f"eval.{_BENCHMARK_PATH_KEYS[b]}", getattr(cfg.eval, _BENCHMARK_PATH_KEYS[b]))
+    items += [(f"eval.{BENCHMARK_PATH_KEYS[b]}", getattr(cfg.eval, BENCHMARK_PATH_KEYS[b]))
               for b in dict.fromkeys(cfg.eval.benchmarks)]
     return [(k, p) for k, p in items if p]
 
@@ -613,6 +613,18 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """A YAML file's data; :class:`ConfigError` naming the file when it cannot be read or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> HBTConfig:
     """Loads and validates a config.
 
@@ -631,14 +643,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        loaded = read_yaml(path, "config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -5,20 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ray_jobs._args import entrypoint_parser, run_hbt
+from ray_jobs.evaluate import build_parser, main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The entrypoint's arguments (also used by tests/test_docs_commands.py)."""
-    return entrypoint_parser("eval", "python -m ray_jobs.eval")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_hbt("eval", argv)
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hbt.config import MLQA_R_LANGUAGES, XQUAD_R_LANGUAGES, HBTConfig, resolve_path
+from hbt.config import BENCHMARK_PATH_KEYS, MLQA_R_LANGUAGES, XQUAD_R_LANGUAGES, HBTConfig, resolve_path
 from hbt.eval.benchmarks import (
     AdhocBenchmark,
     BenchmarkError,
@@ -48,7 +48,8 @@ class BenchmarkSpec:
     Attributes:
         name: the key in ``eval.benchmarks`` and the metric-key prefix.
         title: its display name.
-        path_key: the ``eval.*`` key that holds its data path.
+        path_key: the ``eval.*`` key that holds its data path (``hbt.config.BENCHMARK_PATH_KEYS``, which the
+            load-time path checks read too).
         languages_key: the ``eval.*`` key that selects its languages (``hbt eval --langs`` sets it).
         load: ``(cfg, split, languages, articles) -> loaded benchmark``.
         texts: the loaded benchmark -> its text groups, in the order ``score`` takes their embeddings.
@@ -186,16 +187,16 @@ def _miracl_info(benches: list[AdhocBenchmark]) -> dict[str, Any]:
 
 REGISTRY: dict[str, BenchmarkSpec] = {
     "xquad_r": BenchmarkSpec(
-        "xquad_r", "XQuAD-R", "xquad_r_path", "languages", _load_xquad_r, _qa_texts, _qa_score, _qa_info,
+        "xquad_r", "XQuAD-R", BENCHMARK_PATH_KEYS["xquad_r"], "languages", _load_xquad_r, _qa_texts, _qa_score, _qa_info,
         _qa_table("xquad_r"), _qa_headline("xquad_r"), tuple(XQUAD_R_LANGUAGES)),
     "mlqa_r": BenchmarkSpec(
-        "mlqa_r", "MLQA-R", "mlqa_r_path", "languages", _load_mlqa_r, _qa_texts, _qa_score, _qa_info,
+        "mlqa_r", "MLQA-R", BENCHMARK_PATH_KEYS["mlqa_r"], "languages", _load_mlqa_r, _qa_texts, _qa_score, _qa_info,
         _qa_table("mlqa_r"), _qa_headline("mlqa_r"), tuple(MLQA_R_LANGUAGES)),
     "tatoeba": BenchmarkSpec(
-        "tatoeba", "Tatoeba", "tatoeba_path", "tatoeba_languages", _load_tatoeba, _tatoeba_texts, _tatoeba_score,
+        "tatoeba", "Tatoeba", BENCHMARK_PATH_KEYS["tatoeba"], "tatoeba_languages", _load_tatoeba, _tatoeba_texts, _tatoeba_score,
         _tatoeba_info, _tatoeba_table, lambda settings: ["tatoeba/xx-eng/acc@1", "tatoeba/eng-xx/acc@1"]),
     "miracl": BenchmarkSpec(
-        "miracl", "MIRACL", "miracl_path", "miracl_languages", _load_miracl, _miracl_texts, _miracl_score,
+        "miracl", "MIRACL", BENCHMARK_PATH_KEYS["miracl"], "miracl_languages", _load_miracl, _miracl_texts, _miracl_score,
         _miracl_info, lambda settings: [("dev", {"nDCG@10": "miracl/nDCG@10", "R@100": "miracl/R@100"})],
         lambda settings: ["miracl/nDCG@10", "miracl/R@100"]),
 }

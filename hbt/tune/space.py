@@ -28,12 +28,10 @@ import itertools
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from hbt.config import ConfigError, HBTConfig, flatten, with_overrides
+from hbt.config import ConfigError, HBTConfig, flatten, read_yaml, with_overrides
 
 KINDS = ("choice", "grid", "uniform", "loguniform")
 # Keys a space may not set: the search sets them per trial (output_dir,
@@ -237,12 +235,4 @@ def parse_space(tree: Any, cfg: HBTConfig, path: str = "<space>") -> SearchSpace
 
 def load_space(path: str | os.PathLike, cfg: HBTConfig) -> SearchSpace:
     """Reads, parses and validates a space YAML (see :func:`parse_space`)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read search space {path}: {e}") from e
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return parse_space(tree, cfg, str(path))
+    return parse_space(read_yaml(path, "search space"), cfg, str(path))
