@@ -271,10 +271,10 @@ def check_faiss(n: int, nq: int, gpu: bool, k: int = 100, d: int = 384) -> dict[
 
 def _xquad_texts(limit: int) -> tuple[list[str], list[str]]:
     from hbt.config import config_from_dict
-    from hbt.eval.runner import _texts, load_benchmarks
+    from hbt.eval.runner import load_benchmarks, texts_of
 
     cfg = config_from_dict({"eval": {"benchmarks": ["xquad_r"], "pool": "full"}})
-    texts, kinds, _ = _texts(load_benchmarks(cfg))
+    texts, kinds, _ = texts_of(load_benchmarks(cfg))
     return texts[:limit], kinds[:limit]
 
 

@@ -116,9 +116,11 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
     _one_line_per_print()
     for k, v in _progress_bar_env().items():
         os.environ.setdefault(k, v)
+    # Also inside Ray's own processes (a Tune trial runs training and evaluation
+    # with Ray already up): their stdout is a log, never a terminal.
+    _quiet_ray_data()
     if ray.is_initialized():
         return
-    _quiet_ray_data()
     if log_level() > logging.INFO:  # -q: Ray's own INFO lines go too
         init_kwargs.setdefault("logging_level", logging.WARNING)
     if address is None and not os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:

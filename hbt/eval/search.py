@@ -94,7 +94,9 @@ class EmbeddingStore:
             # Shards share the CPUs when there are more of them than whole CPUs (one machine).
             cpus = min(e.cpus_per_encoder, res.get("CPU", 1) / n)
             bounds = np.linspace(0, len(self.refs), n + 1).astype(int)
-            actor = ray.remote(SearchShard).options(num_cpus=cpus, num_gpus=gpus)
+            # Outside any placement group the caller runs in (a Tune trial's holds only
+            # its trainable): the search actors take free resources like the encoders do.
+            actor = ray.remote(SearchShard).options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=_OUTSIDE_PG())
             self._actors = [actor.remote([self.refs[i] for i in range(bounds[j], bounds[j + 1])], e.index,
                                          e.ivf_nlist, e.ivf_nprobe, e.hnsw_m, max(1, int(e.cpus_per_encoder)))
                             for j in range(n)]
@@ -122,6 +124,13 @@ def _row_ids_impl(block: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(block["row"], np.int64)
 
 
+def _OUTSIDE_PG():
+    """A scheduling strategy that does not inherit the caller's placement group."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=None)
+
+
 class _Task:
     """A Ray task made on first call (Ray is imported lazily, like everywhere in hbt)."""
 
@@ -132,7 +141,7 @@ class _Task:
         if self._task is None:
             import ray
 
-            self._task = ray.remote(num_cpus=0)(self.fn)
+            self._task = ray.remote(num_cpus=0, scheduling_strategy=_OUTSIDE_PG())(self.fn)
         return self._task.remote(*args)
 
 
