@@ -12,11 +12,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,6 +212,9 @@ class TrainConfig(_Strict):
     grad_cache: bool = False
     grad_cache_chunk: int = Field(8, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="The forward pass: bf16 autocast (fp32 weights, optimizer and loss) or fp32; auto: bf16 "
+        "on a GPU with bf16 or a CPU with AMX, fp32 elsewhere (CPUs without AMX emulate or half-speed bf16 matmuls).")
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end.")
     log_every: int = Field(5, ge=1)
     dev_eval_every: int = Field(
@@ -692,10 +704,52 @@ def config_from_dict(tree: dict[str, Any], source: str = "dict") -> HBTConfig:
         raise ConfigError(_format_validation_error(e, source)) from None
 
 
+REDACTED = "***"
+# scheme://user:password@host...: the password part, for strings urlsplit cannot take apart.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password in it replaced by ``***`` (the user name stays, to tell accounts apart).
+
+    ``http://user:pass@host/`` -> ``http://user:***@host/``;
+    ``postgresql://u:p@h/db`` -> ``postgresql://u:***@h/db``; a token given as
+    the user part alone (``https://TOKEN@host``) is replaced whole. Query
+    parameters named like secrets (``password``, ``token``, ``secret``, ``key``)
+    are replaced too. URIs without credentials come back unchanged.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _USERINFO.sub(lambda m: f"{m.group('head')}:{REDACTED}@", uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
+    query = re.sub(r"(?i)((?:^|&)[^=&]*(?:password|passwd|pwd|token|secret|key)[^=&]*=)[^&]*",
+                   lambda m: m.group(1) + REDACTED, parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return uri
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redacted(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _redacted(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_redacted(v) for v in tree]
+    return redact_uri(tree) if isinstance(tree, str) and "://" in tree else tree
+
+
 def dump_config(cfg: HBTConfig, path: str | os.PathLike) -> None:
-    """Writes the resolved config as YAML (what a run actually used)."""
+    """Writes the resolved config as YAML (what a run actually used), credentials in URIs replaced by ``***``.
+
+    Run directories are shared and copied around; credentials belong in the
+    environment (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, ``AWS_*``), not in a URI.
+    """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(_redacted(cfg.model_dump(mode="json")), sort_keys=False), encoding="utf-8")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,44 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from hbt.config import HBTConfig, flatten
-
-
-REDACTED = "***"
-# scheme://user:password@host...: the password part, for strings urlsplit cannot take apart.
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^@/\s]*@")
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with any password in it replaced by ``***`` (the user name stays, to tell accounts apart).
-
-    ``http://user:pass@host/`` -> ``http://user:***@host/``;
-    ``postgresql://u:p@h/db`` -> ``postgresql://u:***@h/db``; a token given as
-    the user part alone (``https://TOKEN@host``) is replaced whole. Query
-    parameters named like secrets (``password``, ``token``, ``secret``, ``key``)
-    are replaced too. URIs without credentials come back unchanged.
-    """
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return _USERINFO.sub(lambda m: f"{m.group('head')}:{REDACTED}@", uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _ = userinfo.partition(":")
-        netloc = f"{user}:{REDACTED}@{host}" if sep else f"{REDACTED}@{host}"
-    query = re.sub(r"(?i)((?:^|&)[^=&]*(?:password|passwd|pwd|token|secret|key)[^=&]*=)[^&]*",
-                   lambda m: m.group(1) + REDACTED, parts.query)
-    if netloc == parts.netloc and query == parts.query:
-        return uri
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+from hbt.config import _USERINFO, REDACTED, HBTConfig, flatten, redact_uri  # noqa: F401  (redact_uri re-exported)
 
 
 def _redact_params(flat: dict[str, Any]) -> dict[str, Any]:

@@ -276,3 +276,14 @@ def test_cli_validate_one_error_line_no_traceback(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [
         f"error: invalid config ({cfg}): data.path: no such file or directory: /nonexistent/train.jsonl"]
+
+
+def test_dumped_config_holds_no_credentials(tmp_path):
+    from hbt.config import dump_config
+
+    cfg = load_config(None, ["tracking.uri=http://alice:s3cret@mlflow.example:5000",
+                             "ray.storage_path=s3://bucket/runs?endpoint_override=minio:9000&secret_key=abc"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "s3cret" not in text and "abc" not in text
+    assert "http://alice:***@mlflow.example:5000" in text and "endpoint_override=minio:9000" in text

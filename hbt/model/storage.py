@@ -58,6 +58,22 @@ def _listing(uri: str):
     return filesystem, root, sorted(files)
 
 
+def check_storage(uri: str) -> None:
+    """Fails with :class:`ModelNotFoundError` when a storage URI (``ray.storage_path``) cannot be reached.
+
+    The folder itself may not exist yet (a new run creates it); its filesystem
+    (bucket, endpoint, credentials) must answer. Called before Ray starts, so a
+    typo in a bucket name fails in seconds, not after the first checkpoint.
+    """
+    from pyarrow import fs
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(uri)
+        filesystem.get_file_info(root)
+    except Exception as e:  # pyarrow raises OSError / ArrowInvalid with the reason
+        raise ModelNotFoundError(f"ray.storage_path {uri}: cannot reach the storage ({type(e).__name__}: {e})") from None
+
+
 def check_model_uri(uri: str) -> None:
     """Fails with :class:`ModelNotFoundError` when ``uri`` is unreachable or holds no saved model."""
     _listing(uri)

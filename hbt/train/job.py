@@ -158,6 +158,10 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
     """
     if resume_from is not None:
         check_resumable(cfg, resume_from)
+    from hbt.model.storage import check_storage, is_uri
+
+    if is_uri(storage_root(cfg)):
+        check_storage(storage_root(cfg))  # before Ray: a wrong bucket fails now, not at the first checkpoint
     model_dir = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
     run_name = resume_from or cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.output_dir) / run_name

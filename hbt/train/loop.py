@@ -23,6 +23,7 @@ from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
 from hbt.raysetup import configure_logging
 from hbt.train.state import TrainState
+from hbt.hardware import resolve_train_precision
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
 
 DS_TAG = "ds"
@@ -289,7 +290,10 @@ def _setup(config: dict[str, Any]) -> _Worker:
         encoder.backbone.gradient_checkpointing_enable()
     if cfg.model.freeze_embeddings:
         encoder.backbone.get_input_embeddings().weight.requires_grad_(False)
-    model = Retriever(encoder, cfg.train.temperature, cfg.train.learn_temperature)
+    precision, why = resolve_train_precision(cfg.train.precision, cfg.ray.use_gpu)
+    if rank == 0:
+        log.info("train precision: %s (%s)", precision, why)
+    model = Retriever(encoder, cfg.train.temperature, cfg.train.learn_temperature, bf16=precision == "bf16")
     engine = build_engine(model, cfg, local_b, world)
 
     tracker = None
@@ -297,6 +301,7 @@ def _setup(config: dict[str, Any]) -> _Worker:
         from hbt.tracking import Tracker
 
         tracker = Tracker(config["mlflow_uri"], cfg.tracking.experiment, "", config["run_dir"], run_id=config["mlflow_run_id"])
+        tracker.set_tags({"hbt.train_precision": f"{precision} ({why})"})
 
     dev_eval = None
     if cfg.train.dev_eval_every and rank == 0:

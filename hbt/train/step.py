@@ -27,11 +27,13 @@ class Retriever(nn.Module):
         encoder: the shared query/passage encoder.
         temperature: initial temperature.
         learnable: learn log(1/temperature) with the weights.
+        bf16: run the encoder under bf16 autocast (weights, optimizer and loss stay fp32).
     """
 
-    def __init__(self, encoder: BiEncoder, temperature: float, learnable: bool = False) -> None:
+    def __init__(self, encoder: BiEncoder, temperature: float, learnable: bool = False, bf16: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.bf16 = bf16
         init = torch.tensor(math.log(1.0 / temperature))
         if learnable:
             self.log_inv_temperature = nn.Parameter(init)
@@ -43,8 +45,9 @@ class Retriever(nn.Module):
         return torch.exp(-self.log_inv_temperature)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Embeds one side of the batch."""
-        return self.encoder(input_ids, attention_mask)
+        """Embeds one side of the batch (under bf16 autocast with ``train.precision: bf16``; the output is fp32)."""
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.encoder(input_ids, attention_mask)
 
 
 @dataclass

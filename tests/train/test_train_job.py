@@ -96,3 +96,20 @@ def test_resume_of_a_run_that_does_not_exist_fails_before_ray(tmp_path, capsys):
     assert err.startswith("error: --resume 'nope': no run of that name under output_dir") and "earlier" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "nope").exists() and ray.is_initialized() == started
+
+
+def test_unreachable_storage_fails_before_ray(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "train", f"output_dir={tmp_path}",
+         "ray.storage_path=s3://hbt-no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300,
+        env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ray.storage_path s3://hbt-no-such-bucket"), proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
