@@ -106,7 +106,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         model = resolve_model_ref(resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers), cfg.output_dir)
     else:
-        model = resolve_model_ref(args.model, cfg.output_dir)
+        # A run name is also looked up in the run storage: on a cluster the model lives only there.
+        model = resolve_model_ref(args.model, cfg.output_dir, cfg.ray.storage_path)
     from hbt.eval.job import run_eval_job
 
     result = run_eval_job(cfg, model, out_dir=args.out, output_json=args.output, track=not args.no_track)
