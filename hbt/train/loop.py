@@ -82,10 +82,26 @@ def deepspeed_config(cfg: HBTConfig, micro_batch: int, grad_accum: int, world: i
     return ds
 
 
+def skip_shm_comm_build() -> None:
+    """Keeps DeepSpeed from JIT-compiling its CPU shared-memory all-reduce op.
+
+    DeepSpeed's torch backend builds that op whenever it starts on a CPU, for
+    ``inference_all_reduce`` (tensor-parallel inference), which training never
+    calls: gradients go through ``torch.distributed``. On a fresh install, or
+    whenever the extension cache was built from another environment, the build
+    took 27-34 s of the first training run on 2 cores (docs/benchmarks.md). An op
+    marked incompatible is not built (``deepspeed.comm.torch.build_shm_op``).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(model: torch.nn.Module, cfg: HBTConfig, local_batch: int, world: int):
     """Wraps the model in a DeepSpeed engine with our optimizer and schedule."""
     import deepspeed
 
+    skip_shm_comm_build()
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts on it; Ray Train sets RANK/WORLD_SIZE
     if cfg.train.grad_cache:
         micro, accum = cfg.train.grad_cache_chunk, local_batch // cfg.train.grad_cache_chunk
