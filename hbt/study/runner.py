@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hbt.config import STUDY_STRATEGIES, HBTConfig, dump_config, with_overrides
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
@@ -88,6 +90,13 @@ def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[
     return out
 
 
+def pace_text(pace: dict[str, float]) -> str:
+    """`` (N pairs/s, data wait X%)`` for a run's log line; empty without figures."""
+    if "pairs_per_s" not in pace:
+        return ""
+    return f" ({pace['pairs_per_s']:.1f} pairs/s, data wait {100 * pace['data_wait_frac']:.2f}%)"
+
+
 def run_study(cfg: HBTConfig) -> dict[str, Any]:
     """Runs the whole study and writes ``report.{md,json}`` and plots.
 
@@ -106,6 +115,7 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
     parent = tracker_for(cfg, name, study_dir, tags={"hbt.kind": "study"})
     parent.log_params(cfg.model_dump(mode="json"))
     timings: dict[str, float] = {}
+    pace: dict[str, dict[str, float]] = {}
     try:
         base_model = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
         t = time.time()
@@ -125,12 +135,13 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
                 t = time.time()
                 trained = run_training(run_cfg, parent_run_id=parent.run_id)
                 timings[f"train/{tag}"] = time.time() - t
+                pace[tag] = trained.get("pace") or {}
                 t = time.time()
                 scores.setdefault(strategy, {})[seed] = evaluate_tracked(
                     run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{name}/{tag}/eval",
                     parent_run_id=parent.run_id, tags={"hbt.strategy": strategy, "hbt.seed": str(seed)})
                 timings[f"eval/{tag}"] = time.time() - t
-                print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s, "
+                print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s{pace_text(pace[tag])}, "
                       f"evaluated in {timings[f'eval/{tag}']:.0f}s", flush=True)
         report = build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
                               baselines=[s for s in cfg.study.strategies if s != "hbt"],
@@ -140,15 +151,22 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
                               domain_shift=cfg.domain_shift_endpoints())
         timings["total"] = time.time() - t0
         (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
+        (study_dir / "training_pace.json").write_text(json.dumps(pace, indent=2), encoding="utf-8")
         parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+        parent.log_metrics({f"pace/{tag}/{k}": v for tag, p in pace.items() for k, v in p.items()})
         files = report["files"]
         for f in [files["json"], files["markdown"], *files["plots"]]:
             parent.log_artifact(study_dir / f)
         parent.log_artifact(study_dir / "timings.json")
+        parent.log_artifact(study_dir / "training_pace.json")
     except BaseException:
         parent.end("FAILED")
         raise
     parent.end("FINISHED")
     print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
+    waits = [p["data_wait_frac"] for p in pace.values() if "data_wait_frac" in p]
+    if waits:
+        print(f"[hbt] data wait over {len(waits)} training runs (each the median of its windows after the first): "
+              f"median {100 * float(np.median(waits)):.2f}%, max {100 * max(waits):.2f}% of step time")
     print(f"\n[hbt] study finished in {timings['total']:.0f}s; report: {(study_dir / 'report.md').resolve()}")
     return report

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hbt.config import ConfigError, HBTConfig, dump_config, resolve_path
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
@@ -57,9 +59,26 @@ def check_resumable(cfg: HBTConfig, run_name: str) -> None:
                       f"(runs there: {', '.join(runs) or 'none'})")
 
 
+# Tokenised training tables of this process's Ray session: _table_key -> (block refs, their SkipLog).
+_TABLES: dict[tuple[str, ...], tuple[list[Any], Any]] = {}
+
+
+def _table_key(cfg: HBTConfig, model_dir: str, q_prefix: str, p_prefix: str) -> tuple[str, ...]:
+    """What the tokenised table depends on: the Ray session (its refs die with it), the data
+    config, the tokenizer, the prefixes and the two lengths."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return (ctx.get_node_id(), ctx.get_job_id(), json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True),
+            str(resolve_path(cfg.data.path)),
+            str(Path(model_dir).resolve()), q_prefix, p_prefix,
+            str(cfg.model.max_query_length), str(cfg.model.max_passage_length))
+
+
 def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, mlflow_run_id: str | None,
                   callbacks: list | None = None):
     """The ``TorchTrainer`` for one training run (datasets attached, not yet fitted)."""
+    import ray
     import ray.train
     from ray.data import DataContext
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -69,13 +88,24 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
 
     ledger = make_skip_ledger()
     q_prefix, p_prefix = prefixes(cfg, model_dir)
-    # data.max_questions keeps the first N rows of the stream: fix the order so it is the same N every time.
-    DataContext.get_current().execution_options.preserve_order = True
-    t0 = time.perf_counter()
-    # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
-    # store for every epoch, restart and worker (hbt.data.pipeline).
-    table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
-    log.info("training data read and tokenised in %.1fs (%d blocks)", time.perf_counter() - t0, len(table))
+    key = _table_key(cfg, model_dir, q_prefix, p_prefix)
+    if key in _TABLES:
+        # A study or a resumed process trains again on the same rows: the blocks are
+        # still in this Ray session's object store, and the skips they cost are replayed.
+        table, skips = _TABLES[key]
+        ray.get(ledger.add.remote(skips))
+        log.info("training data: the tokenised table of an earlier run in this session (%d blocks)", len(table))
+    else:
+        # data.max_questions keeps the first N rows of the stream: fix the order so it is the same N every time.
+        DataContext.get_current().execution_options.preserve_order = True
+        t0 = time.perf_counter()
+        # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
+        # store for every epoch, restart and worker (hbt.data.pipeline).
+        table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
+        log.info("training data read and tokenised in %.1fs (%d blocks)", time.perf_counter() - t0, len(table))
+        while len(_TABLES) >= 2:  # the blocks stay pinned while cached: keep the last two tables
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = (table, ray.get(ledger.get.remote()))
     storage = storage_root(cfg)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
@@ -136,6 +166,25 @@ def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint
                 shutil.rmtree(final_model)
             shutil.copytree(Path(d) / "model", final_model)
     return str(final_model.resolve())
+
+
+def training_pace(run_dir: Path) -> dict[str, float]:
+    """A run's median pairs/s and data-wait share of step time over its logged windows after the first.
+
+    The first window holds the warm-up (first batches, allocator growth), so it is
+    left out, as in ``docs/benchmarks.md``. Read from rank 0's ``metrics.jsonl``;
+    empty when that file is not on this machine (rank 0 ran on another node).
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if "train/data_wait_frac" in r]
+    later = rows[1:] or rows
+    if not later:
+        return {}
+    return {"pairs_per_s": float(np.median([r["train/samples_per_s"] for r in later])),
+            "data_wait_frac": float(np.median([r["train/data_wait_frac"] for r in later])),
+            "windows": float(len(later))}
 
 
 def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: str | None = None,
@@ -203,6 +252,7 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "mlflow_run_id": tracker.run_id,
         "metrics": metrics,
+        "pace": training_pace(run_dir),
     }
     (run_dir / "result.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     log.info("%s: trained model in %s; %s", run_name, out["model_dir"], load_hint(final_model))

@@ -45,6 +45,26 @@ def test_explicit_resume_continues_a_finished_run(tiny_model_dir, tmp_path, ray_
 
 
 @pytest.mark.slow
+def test_a_second_run_in_the_session_reuses_the_tokenised_table_and_its_skips(tiny_model_dir, tmp_path, ray_local):
+    """A study trains nine times on the same rows: later runs take the first one's blocks
+    (no read, no tokenising) and still report the skips those rows cost; another length tokenises anew."""
+    from hbt.train import job
+    from tests.data.test_pipeline import _grouped_file
+
+    (tmp_path / "data").mkdir()
+    _grouped_file(tmp_path / "data" / "a.jsonl", 90, bad_every=10)
+    data = [f"data.path={tmp_path / 'data'}", "data.format=grouped_jsonl", "data.languages=[en,de]",
+            "data.on_bad_record=skip", "data.max_questions=100", "train.max_steps=3"]
+    first = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=a", *data))
+    cached = {k: v[0] for k, v in job._TABLES.items()}
+    second = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=b", "batching.seed=1", *data))
+    assert {k: v[0] for k, v in job._TABLES.items()} == cached  # the same block refs: nothing was read again
+    assert first["metrics"]["data/skipped_records"] == second["metrics"]["data/skipped_records"] == 9
+    third = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=c", "model.max_passage_length=40", *data))
+    assert len(set(job._TABLES) - set(cached)) == 1 and third["metrics"]["data/skipped_records"] == 9
+
+
+@pytest.mark.slow
 def test_local_config_trains_the_offline_model(offline_e5_dir, tmp_path, ray_local):
     """configs/local.yaml, ~50 steps on the offline e5-small: loss falls, MLflow holds the run."""
     from mlflow.tracking import MlflowClient
@@ -113,3 +133,24 @@ def test_unreachable_storage_fails_before_ray(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ray.storage_path s3://hbt-no-such-bucket"), proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_training_pace_is_the_median_after_the_first_window(tmp_path):
+    from hbt.train.job import training_pace
+
+    rows = [{"step": 5 * i, "train/samples_per_s": s, "train/data_wait_frac": w}
+            for i, (s, w) in enumerate([(1.0, 0.5), (10.0, 0.01), (12.0, 0.03), (11.0, 0.02)], 1)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert training_pace(tmp_path) == {"pairs_per_s": 11.0, "data_wait_frac": 0.02, "windows": 3.0}
+    assert training_pace(tmp_path / "elsewhere") == {}  # rank 0 ran on another node
+
+
+def test_deepspeed_builds_no_shm_comm_op_for_training():
+    """DeepSpeed compiles a CPU inference all-reduce op when its backend starts (27-34 s on a fresh
+    install); training never calls it, and after hbt's build_engine setup nothing is built."""
+    from deepspeed.comm.torch import build_shm_op
+
+    from hbt.train.loop import skip_shm_comm_build
+
+    skip_shm_comm_build()
+    assert build_shm_op() is None
