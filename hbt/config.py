@@ -284,6 +284,11 @@ class EvalConfig(_Strict):
     cpus_per_encoder: float = Field(1.0, gt=0)
     gpus_per_encoder: float = Field(0.0, ge=0)
     num_shards: int = Field(1, ge=1)
+    driver_search_max_mb: float = Field(
+        64.0, ge=0, description="Embedding sets up to this many MB (float32, unique texts) are fetched once and "
+        "searched in the driver process: round trips to search actors cost more than they save on small pools "
+        "(the full 11-language XQuAD-R is 40 MB). Larger sets stay in the object store and eval.num_shards search "
+        "actors hold them. 0: always actors.")
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(32, ge=1)

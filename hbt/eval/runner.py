@@ -168,8 +168,9 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
 
     Ray is initialised (``cfg.ray.address``) unless it already is; the texts
     are embedded by a Ray Data actor pool (``eval.num_encoders`` actors with
-    ``eval.cpus_per_encoder`` CPUs / ``eval.gpus_per_encoder`` GPUs each). The
-    embeddings stay in the object store, ``eval.num_shards`` search actors hold
+    ``eval.cpus_per_encoder`` CPUs / ``eval.gpus_per_encoder`` GPUs each). Up to
+    ``eval.driver_search_max_mb`` the embeddings are fetched and searched here;
+    above it they stay in the object store, ``eval.num_shards`` search actors hold
     the candidates, and this process only fetches queries and merges results.
 
     Args:
@@ -198,17 +199,21 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
     cfg = prepare_eval(cfg, out)
     # The embeddings stay in the object store; search actors hold the candidates
     # and the driver fetches only the queries (hbt.eval.search).
-    emb = encode_to_store(texts, kinds, str(model_dir), cfg)
+    lazy = encode_to_store(texts, kinds, str(model_dir), cfg)
     t_enc = time.time()
     col = Collector()
+    in_driver = lazy.store.nbytes <= cfg.eval.driver_search_max_mb * 2**20
     info: dict[str, Any] = {"model_dir": str(model_dir), "split": split, "benchmarks": list(benches),
                             "precision": cfg.eval.precision, "num_encoders": cfg.eval.num_encoders,
-                            "search_shards": cfg.eval.num_shards,
-                            "texts": len(texts), "unique_texts": emb.store.count}
+                            "search": "driver" if in_driver else f"{cfg.eval.num_shards} actor(s)",
+                            "search_shards": cfg.eval.num_shards, "embeddings_mb": round(lazy.store.nbytes / 2**20, 1),
+                            "texts": len(texts), "unique_texts": lazy.store.count}
     try:
+        # A small set is fetched once and searched here (eval.driver_search_max_mb); a large one never reaches the driver.
+        emb = np.asarray(lazy) if in_driver else lazy
         info.update(score_benchmarks(benches, emb, where, cfg, col, out))
     finally:
-        emb.store.close()
+        lazy.store.close()
     for name, sl in where.items():
         parts = [i for s in sl for i in range(s.start, s.stop)]
         info[name]["truncated_at_max_length"] = truncation_shares(

@@ -60,6 +60,11 @@ class EmbeddingStore:
     def count(self) -> int:
         return self.block_of.size
 
+    @property
+    def nbytes(self) -> int:
+        """The embeddings' size as float32 (what fetching them all would cost the driver)."""
+        return self.count * self._dim() * 4 if self.count else 0
+
     def take(self, items: np.ndarray) -> np.ndarray:
         """The embeddings of unique texts ``items`` (fetched once, then cached on the driver: queries only)."""
         import ray

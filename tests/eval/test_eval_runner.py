@@ -272,3 +272,26 @@ def test_evaluate_dev_split(tiny_model_dir, ray_local, tmp_path):
     assert r.info["split"] == "dev" and r.info["benchmarks"] == ["xquad_r"]
     assert not any(k.startswith("tatoeba") for k in r.metrics)
     assert r.per_query["xquad_r/multilingual/AP"].shape == (12,)
+
+
+@pytest.mark.slow
+def test_small_sets_are_searched_in_the_driver_with_the_actors_results(tiny_model_dir, ray_local, tmp_path):
+    """Below eval.driver_search_max_mb the embeddings are fetched and searched in-process; the metrics
+    equal the search actors' (driver_search_max_mb=0) exactly, ranks being exact either way."""
+    from hbt.eval.runner import evaluate
+
+    def run(mb: float, name: str) -> EvalResult:
+        cfg = config_from_dict({
+            "data": {"heldout_articles": ARTICLES},
+            "eval": {"benchmarks": ["xquad_r", "tatoeba", "miracl"], "languages": ["de", "zh"], "max_questions": 12,
+                     "tatoeba_languages": ["deu"], "miracl_path": str(EVAL_ASSETS / "miracl"),
+                     "miracl_languages": ["sw"], "num_shards": 2, "precision": "fp32", "driver_search_max_mb": mb},
+        })
+        return evaluate(cfg, str(tiny_model_dir), str(tmp_path / name))
+
+    driver, actors = run(64, "driver"), run(0, "actors")
+    assert driver.info["search"] == "driver" and actors.info["search"] == "2 actor(s)"
+    assert 0 < driver.info["embeddings_mb"] < 64
+    assert driver.metrics.keys() == actors.metrics.keys()
+    for key, value in driver.metrics.items():
+        assert value == pytest.approx(actors.metrics[key], abs=1e-9, nan_ok=True), key
