@@ -103,22 +103,24 @@ def build_steps(cfg, model_dir: str, n_steps: int) -> list[dict[str, Any]]:
     from hbt.data.strategies import plan_step
     from hbt.train.job import prefixes
 
+    batch = cfg.batching.global_batch_size
     rows, _ = iter_rows_local(cfg, "train")
-    need = n_steps * BATCH
+    need = batch  # later steps run into the next epochs, as in hbt's loop
     if len(rows) < need:
         raise SystemExit(f"{len(rows)} training rows, {need} needed")
     rows = [rows[i] for i in canonical_order(np.array([stable_hash(r["qid"]) for r in rows], dtype=np.int64))]
-    batches = GlobalBatches(len(rows), BATCH, cfg.batching.seed, cfg.data.shuffle)
+    batches = GlobalBatches(len(rows), batch, cfg.batching.seed, cfg.data.shuffle)
     langs = list(cfg.data.languages)
     qp, pp = prefixes(cfg, model_dir)
     out = []
     for s in range(n_steps):
-        chunk = [rows[i] for i in batches.rows(*batches.position(s))]
+        epoch, index = batches.position(s)  # past one epoch, the next epoch's permutation, as hbt's loop
+        chunk = [rows[i] for i in batches.rows(epoch, index)]
         cols = {k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]}
-        tok = tokenize_rows(cols, model_dir, langs, qp, pp, MAX_LEN, MAX_LEN)
-        batch = {k: torch.from_numpy(v) for k, v in tok.items()}
-        plan = plan_step(cfg.batching, langs, 0, s, cfg.data.language_weights)
-        pairs = assemble_pairs(batch, plan.q_lang, plan.p_lang)
+        tok = tokenize_rows(cols, model_dir, langs, qp, pp, cfg.model.max_query_length, cfg.model.max_passage_length)
+        tensors = {k: torch.from_numpy(v) for k, v in tok.items()}
+        plan = plan_step(cfg.batching, langs, epoch, s, cfg.data.language_weights)
+        pairs = assemble_pairs(tensors, plan.q_lang, plan.p_lang)
         pairs.pop("qid_hash")
         out.append({
             "pairs": pairs,
@@ -171,7 +173,8 @@ def run_bare(model_dir: str, steps_data: list[dict], cfg, warmup: int, window: i
     return _summary(ends, t_start, steps_data, warmup, window)
 
 
-def _summary(ends: list[float], t_start: float, steps_data: list[dict], warmup: int, window: int) -> dict[str, Any]:
+def _summary(ends: list[float], t_start: float, steps_data: list[dict], warmup: int, window: int,
+             batch: int = BATCH) -> dict[str, Any]:
     """Throughput over the steps after ``warmup`` from per-step end times.
 
     ``pairs_per_s`` is the median over windows of ``window`` steps (hbt logs one
@@ -183,10 +186,10 @@ def _summary(ends: list[float], t_start: float, steps_data: list[dict], warmup: 
     n = len(ends) - warmup
     dts = [b - a for a, b in zip([t_start] + ends[:-1], ends)]
     marks = ends[warmup - 1 :: window]
-    win = [window * BATCH / (b - a) for a, b in zip(marks, marks[1:])]
+    win = [window * batch / (b - a) for a, b in zip(marks, marks[1:])]
     return {
         "pairs_per_s": median(win),
-        "pairs_per_s_total": n * BATCH / timed,
+        "pairs_per_s_total": n * batch / timed,
         "window_pairs_per_s": [round(x, 2) for x in win],
         "timed_s": timed,
         "step_s_median": median(dts[warmup:]),
@@ -195,8 +198,17 @@ def _summary(ends: list[float], t_start: float, steps_data: list[dict], warmup: 
     }
 
 
-def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmup: int, window: int, workdir: Path) -> dict[str, Any]:
-    """``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on the same prefixed pairs."""
+def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmup: int, window: int, workdir: Path,
+                              bf16: bool = False, freeze_embeddings: bool = False) -> dict[str, Any]:
+    """``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on the same prefixed pairs.
+
+    The batch is ``steps_data``' and the cut-off the longer of the config's two lengths
+    (sentence-transformers has one for queries and passages alike). ``bf16``: its
+    trainer's ``bf16=True`` (autocast); ``freeze_embeddings``: the word embeddings get no
+    gradient, as with ``model.freeze_embeddings``.
+    """
+    t_begin = time.perf_counter()
+    batch = len(steps_data[0]["queries"])
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -208,7 +220,9 @@ def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmu
     torch.manual_seed(0)
     # No modules.json in the offline dir: sentence-transformers builds Transformer + mean pooling.
     model = SentenceTransformer(model_dir, device="cpu")
-    model.max_seq_length = MAX_LEN
+    model.max_seq_length = max(cfg.model.max_query_length, cfg.model.max_passage_length)
+    if freeze_embeddings:
+        model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
     data = Dataset.from_dict({
         "anchor": [t for s in steps_data for t in s["queries"]],
         "positive": [t for s in steps_data for t in s["passages"]],
@@ -231,7 +245,7 @@ def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmu
     clock = Clock()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(workdir / "st"),
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=batch,
         max_steps=len(steps_data),
         learning_rate=cfg.train.lr,
         warmup_steps=cfg.train.warmup_steps,
@@ -247,6 +261,7 @@ def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmu
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
+        bf16=bf16,
         seed=0,
     )
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / cfg.train.temperature)
@@ -254,7 +269,9 @@ def run_sentence_transformers(model_dir: str, steps_data: list[dict], cfg, warmu
     trainer.train()
     if len(clock.ends) != len(steps_data):
         raise RuntimeError(f"sentence-transformers ran {len(clock.ends)} steps, expected {len(steps_data)}")
-    return _summary(clock.ends, clock.t_start, steps_data, warmup, window)
+    out = _summary(clock.ends, clock.t_start, steps_data, warmup, window, batch)
+    out["run_wall_s"] = time.perf_counter() - t_begin
+    return out
 
 
 def run_hbt(model: str, stage: int, warmup: int, steps: int, log_every: int, workdir: Path, ray_cpus: int,
