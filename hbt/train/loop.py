@@ -397,7 +397,8 @@ def _train_step(w: _Worker, plan, pairs: dict[str, torch.Tensor], meter: _Meter)
         res = grad_cache_step(forward, w.model.temperature, pairs, chunk_backward, cfg.train.grad_cache_chunk,
                               cfg.train.gather_queries)
     else:
-        res = contrastive_step(forward, w.model.temperature, pairs, engine.backward, cfg.train.gather_queries)
+        res = contrastive_step(forward, w.model.temperature, pairs, engine.backward, cfg.train.gather_queries,
+                               region=w.model.autocast)
         engine.step()
     tokens = float(pairs["q_attention_mask"].sum() + pairs["p_attention_mask"].sum())
     g = mean_across_workers(torch.tensor([float(res.loss), float(res.acc), tokens]))

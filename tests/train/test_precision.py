@@ -39,6 +39,30 @@ def test_bf16_forward_keeps_fp32_weights_and_stays_close(tiny_model_dir):
     assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.98
 
 
+def test_one_autocast_region_per_step_gives_the_per_side_numbers(tiny_model_dir):
+    """Both forwards in one region share autocast's bf16 weight copies: the same loss bit for bit; the two
+    sides' weight gradients are then summed in bf16 before reaching the fp32 weight, so they agree to bf16."""
+    from hbt.train.step import contrastive_step
+
+    enc, tok = load_encoder(tiny_model_dir)
+    q = tok(["query: Wo liegt Warschau?", "query: Who built it?"], padding=True, return_tensors="pt")
+    p = tok(["passage: Warschau liegt an der Weichsel.", "passage: Builders."], padding=True, return_tensors="pt")
+    batch = {"q_input_ids": q["input_ids"], "q_attention_mask": q["attention_mask"],
+             "p_input_ids": p["input_ids"], "p_attention_mask": p["attention_mask"]}
+    out = {}
+    model = Retriever(enc, 0.05, bf16=True).train()
+    for shared in (False, True):
+        torch.manual_seed(0)
+        model.zero_grad()
+        kw = {"region": model.autocast} if shared else {}
+        res = contrastive_step(model, model.temperature, batch, lambda loss: loss.backward(), **kw)
+        out[shared] = (res.loss, [x.grad.clone() for x in model.parameters() if x.requires_grad])
+    assert torch.equal(out[True][0], out[False][0])
+    for a, b in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3 * float(b.abs().max()))
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9999
+
+
 def test_train_precision_is_validated():
     from hbt.config import ConfigError, load_config
 
