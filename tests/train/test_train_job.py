@@ -47,7 +47,8 @@ def test_explicit_resume_continues_a_finished_run(tiny_model_dir, tmp_path, ray_
 @pytest.mark.slow
 def test_a_second_run_in_the_session_reuses_the_tokenised_table_and_its_skips(tiny_model_dir, tmp_path, ray_local):
     """A study trains nine times on the same rows: later runs take the first one's blocks
-    (no read, no tokenising) and still report the skips those rows cost; another length tokenises anew."""
+    (no read, no tokenising) and still report the skips those rows cost; other lengths, languages or
+    prefixes make another key."""
     from hbt.train import job
     from tests.data.test_pipeline import _grouped_file
 
@@ -60,30 +61,32 @@ def test_a_second_run_in_the_session_reuses_the_tokenised_table_and_its_skips(ti
     second = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=b", "batching.seed=1", *data))
     assert {k: v[0] for k, v in job._TABLES.items()} == cached  # the same block refs: nothing was read again
     assert first["metrics"]["data/skipped_records"] == second["metrics"]["data/skipped_records"] == 9
-    third = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=c", "model.max_passage_length=40", *data))
-    assert len(set(job._TABLES) - set(cached)) == 1 and third["metrics"]["data/skipped_records"] == 9
+    key = job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data), str(tiny_model_dir), "q", "p")
+    for other in ("model.max_passage_length=40", "model.max_query_length=16", "data.languages=[en]"):
+        assert job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data, other), str(tiny_model_dir), "q", "p") != key
+    assert job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data), str(tiny_model_dir), "q", "p ") != key
 
 
 @pytest.mark.slow
 def test_local_config_trains_the_offline_model(offline_e5_dir, tmp_path, ray_local):
-    """configs/local.yaml, ~50 steps on the offline e5-small: loss falls, MLflow holds the run."""
+    """configs/local.yaml, 25 steps on the offline e5-small: loss falls, MLflow holds the run."""
     from mlflow.tracking import MlflowClient
     from transformers import AutoModel
 
     cfg = load_config(PROJECT_ROOT / "configs" / "local.yaml",
-                      [f"output_dir={tmp_path}", "train.max_steps=50", "run_name=local50"])
+                      [f"output_dir={tmp_path}", "train.max_steps=25", "run_name=local25"])
     out = run_training(cfg)
     rows = [json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows]
-    assert len(losses) == 10
+    assert len(losses) == 5
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
 
     client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
     run = client.get_run(out["mlflow_run_id"])
     assert run.data.params["batching.strategy"] == "hybrid" and run.data.params["batching.alpha"] == "0.5"
-    assert run.info.run_name == "local50" and run.info.status == "FINISHED"
+    assert run.info.run_name == "local25" and run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "train/loss")
-    assert [m.step for m in history] == list(range(5, 51, 5))
+    assert [m.step for m in history] == list(range(5, 26, 5))
     assert "train/samples_per_s" in run.data.metrics and "train/loss/mono" in run.data.metrics
     assert run.data.tags["hbt.final_model"] == out["model_dir"]
 
