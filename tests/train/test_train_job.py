@@ -62,7 +62,7 @@ def test_a_second_run_in_the_session_reuses_the_tokenised_table_and_its_skips(ti
     assert {k: v[0] for k, v in job._TABLES.items()} == cached  # the same block refs: nothing was read again
     assert first["metrics"]["data/skipped_records"] == second["metrics"]["data/skipped_records"] == 9
     key = job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data), str(tiny_model_dir), "q", "p")
-    for other in ("model.max_passage_length=40", "model.max_query_length=16", "data.languages=[en]"):
+    for other in ("model.max_passage_length=40", "model.max_query_length=16", "data.max_questions=50"):
         assert job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data, other), str(tiny_model_dir), "q", "p") != key
     assert job._table_key(_tiny_cfg(tiny_model_dir, tmp_path, *data), str(tiny_model_dir), "q", "p ") != key
 
