@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import PROJECT_ROOT, claim_stdout, emit, log, machine, median, ratio
+from _common import PROJECT_ROOT, claim_stdout, emit, log, machine, ratio
 from train_throughput import build_steps, run_sentence_transformers
 
 CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
@@ -72,10 +72,10 @@ def run_hbt(precision: str, out: Path, extra: list[str]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "train/loss" in r]
-    later = rows[1:] or rows
-    return {"pairs_per_s": median([r["train/samples_per_s"] for r in later]),
+    pace = result["pace"]  # the medians over the windows after the first, as hbt study reports them
+    return {"pairs_per_s": pace["pairs_per_s"],
             "window_pairs_per_s": [round(r["train/samples_per_s"], 2) for r in rows],
-            "data_wait_frac": median([r["train/data_wait_frac"] for r in later]),
+            "data_wait_frac": pace["data_wait_frac"],
             "steps": [r["step"] for r in rows], "loss": [round(r["train/loss"], 5) for r in rows],
             "final_loss": rows[-1]["train/loss"], "run_wall_s": wall}
 
