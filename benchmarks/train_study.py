@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     claim_stdout()
 
-    from hbt.model.offline import resolve_model_path
     from transformers import AutoTokenizer
+
+    from hbt.model.offline import resolve_model_path
 
     cfg = load_cfg(args.overrides)
     model_dir = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
