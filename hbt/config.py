@@ -214,7 +214,7 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="The forward pass: bf16 autocast (fp32 weights, optimizer and loss) or fp32; auto: bf16 "
-        "on a GPU with bf16 or a CPU with AMX, fp32 elsewhere (CPUs without AMX emulate or half-speed bf16 matmuls).")
+        "on a GPU with bf16 or a CPU with AMX or AVX512-BF16, fp32 elsewhere (CPUs without them emulate bf16 matmuls).")
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end.")
     log_every: int = Field(5, ge=1)
     dev_eval_every: int = Field(

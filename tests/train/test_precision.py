@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hbt.hardware import resolve_train_precision
+from hbt.hardware import bf16_is_fast, resolve_train_precision
 from hbt.model.encoder import load_encoder
 from hbt.train.step import Retriever
 
@@ -14,7 +14,8 @@ def test_explicit_precision_wins_and_auto_gives_a_reason():
     assert resolve_train_precision("bf16", gpu=False) == ("bf16", "set in the config")
     assert resolve_train_precision("fp32", gpu=True) == ("fp32", "set in the config")
     precision, why = resolve_train_precision("auto", gpu=False)
-    assert precision in ("fp32", "bf16") and why.startswith("auto: ")
+    # Training follows evaluation's rule: bf16 wherever the CPU has bf16 matrix instructions.
+    assert precision == ("bf16" if bf16_is_fast(False) else "fp32") and why.startswith("auto: ")
 
 
 def test_bf16_forward_keeps_fp32_weights_and_stays_close(tiny_model_dir):
