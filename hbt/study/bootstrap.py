@@ -168,7 +168,10 @@ def paired_bootstrap(
     for start in range(0, n_resamples, rows):
         r = min(rows, n_resamples - start)
         # How often each cluster was drawn: the same draw for both systems (paired).
-        w = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=r).astype(np.float64)
+        # Counts of n_clusters uniform draws per replicate (multinomial in distribution; numpy's
+        # multinomial draws one binomial per cluster, 30x slower at thousands of clusters).
+        draws = rng.integers(0, n_clusters, (r, n_clusters)) + (np.arange(r) * n_clusters)[:, None]
+        w = np.bincount(draws.ravel(), minlength=r * n_clusters).reshape(r, n_clusters).astype(np.float64)
         # Each system's seeds drawn with replacement: the replicate averages the drawn seeds.
         wa = np.stack([np.bincount(x, minlength=A.shape[0]) for x in rng.integers(0, A.shape[0], (r, A.shape[0]))])
         wb = np.stack([np.bincount(x, minlength=B.shape[0]) for x in rng.integers(0, B.shape[0], (r, B.shape[0]))])
