@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PROJECT_ROOT, claim_stdout, emit, log, machine, ratio  # noqa: E402
+from _common import PROJECT_ROOT, claim_stdout, emit, log, machine, ratio
 
 MODEL = "offline:multilingual-e5-small"
 LOCAL = PROJECT_ROOT / "configs" / "local.yaml"
@@ -131,9 +131,10 @@ def eval_items(cfg: Any) -> list[tuple[str, str]]:
 
 def study_training_tokens(model_dir: str) -> dict[str, int]:
     """Tokens (attention masks summed) of each study training run's steps, strategy by seed."""
+    from train_throughput import build_steps
+
     from hbt.config import load_config, with_overrides
     from hbt.study.runner import strategy_overrides
-    from train_throughput import build_steps
 
     base = load_config(LOCAL)
     out = {}
