@@ -125,13 +125,18 @@ def count_before(S: np.ndarray, col_ids: np.ndarray, R: np.ndarray, pad: np.ndar
     """
     if S.shape[1] == 0:
         return np.zeros(pad.shape, np.int64)
-    t = np.asarray(tol)[:, None, None]
+    t = np.asarray(tol)[:, None]
 
     def count(g: np.ndarray) -> np.ndarray:
-        diff = S[g, None, :] - R[g, :, None]
-        above = (diff > t[g]).sum(-1)
-        ties = (np.abs(diff) <= t[g]) & (col_ids[None, None, :] < pad[g, :, None])
-        return above + ties.sum(-1)
+        # One relevant column at a time: a (rows x C) difference stays in cache, where the
+        # (rows x W x C) one (W = 11 answers a multilingual query) streamed through memory.
+        Sg, tg = S[g], t[g]
+        out = np.empty((g.size, pad.shape[1]), np.int64)
+        for w in range(pad.shape[1]):
+            diff = Sg - R[g, w, None]
+            ties = (np.abs(diff) <= tg) & (col_ids[None, :] < pad[g, w, None])
+            out[:, w] = np.count_nonzero(diff > tg, axis=1) + np.count_nonzero(ties, axis=1)
+        return out
 
     groups = np.array_split(np.arange(S.shape[0]), max(1, min(S.shape[0] // 16, os.cpu_count() or 1)))
     parts = list(pool.map(count, groups)) if pool is not None else [count(g) for g in groups]
