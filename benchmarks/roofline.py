@@ -75,7 +75,7 @@ def gemm_peak(dims: dict[str, int], tokens: int = 2048) -> dict[str, Any]:
                     for _ in range(20):
                         torch.nn.functional.linear(a, w, b)
                     best = min(best, (time.perf_counter() - t) / 20)
-                per[f"{k}x{n}"] = round(2 * tokens * k * n / best / 1e9, 1)
+                per[f"{k}x{n}"] = round(float(2 * tokens * k * n / best / 1e9), 1)
             name = "fp32" if dtype == torch.float32 else "bf16"
             out[f"{name}_{threads}t"] = {"per_shape": per, "peak": max(per.values())}
             log(f"gemm {name} {threads} thread(s): {per}")
@@ -102,7 +102,7 @@ def forward_flops(lengths: Any, dims: dict[str, int]) -> float:
     import numpy as np
 
     n = np.asarray(lengths, dtype=np.float64)
-    return linear_flops_per_token(dims) * n.sum() + float(dims["layers"] * 4 * dims["hidden"] * (n * n).sum())
+    return float(linear_flops_per_token(dims) * n.sum() + dims["layers"] * 4 * dims["hidden"] * (n * n).sum())
 
 
 def text_lengths(model_dir: str, items: list[tuple[str, str]], max_length: int) -> Any:
@@ -162,7 +162,7 @@ def encoder_speed(model_dir: str, items: list[tuple[str, str]], dims: dict[str, 
     del actor
     torch.set_num_threads(2)
     return {"seconds": round(s, 2), "texts": len(items), "gflops": round(flops / 1e9, 1),
-            "achieved_gflop_s": round(flops / s / 1e9, 1)}
+            "achieved_gflop_s": round(float(flops / s / 1e9), 1)}
 
 
 def main() -> None:
@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--sample", type=int, default=1024, help="XQuAD-R texts for the encoder's achieved speed")
     ap.add_argument("--skip-study", action="store_true", help="count only the default evaluation (smoke tests)")
+    ap.add_argument("--model", default=MODEL, help="another model (smoke tests); the floors are for the default")
+    ap.add_argument("--gemm-tokens", type=int, default=2048, help="rows of the GEMM timings")
     args = ap.parse_args()
     claim_stdout()
     import numpy as np
@@ -180,10 +182,10 @@ def main() -> None:
     from hbt.model.offline import resolve_model_path
 
     torch.set_num_threads(2)
-    model_dir = resolve_model_path(MODEL)
+    model_dir = resolve_model_path(args.model) if args.model.startswith("offline:") else args.model
     dims = model_dims(model_dir)
     info = machine()
-    gemm = gemm_peak(dims)
+    gemm = gemm_peak(dims, args.gemm_tokens)
 
     default_cfg = load_config(None, eval_shortcuts("xquad_r", None, None))
     items = eval_items(default_cfg)
@@ -200,7 +202,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "roofline",
         "command": "python " + " ".join(sys.argv),
-        "model": MODEL, "dims": dims, "machine": info, "gemm_gflop_s": gemm, "encoder_1_thread": enc,
+        "model": args.model, "dims": dims, "machine": info, "gemm_gflop_s": gemm, "encoder_1_thread": enc,
         "default_eval": {
             "distinct_texts": len(items), "tokens": int(lengths.sum()), "tflop": round(eval_flops / 1e12, 2),
             "encode_floor_s_at_gemm_peak": {d: round(eval_flops / peak2[d], 1) for d in peak2},

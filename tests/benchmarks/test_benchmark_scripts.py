@@ -112,3 +112,19 @@ def test_gpu_throughput_code_path_on_cpu():
     out = _run("gpu_throughput.py", "--device", "cpu", "--tiny", "--batch", "4", "--length", "8",
                "--encode-batch", "4", "--steps", "1", "--warmup", "0")
     assert not out["skipped"] and out["train"]["pairs_per_s"] > 0 and out["encode"]["texts_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_roofline_counts_the_default_evaluation(tiny_model_dir):
+    sys.path.insert(0, str(BENCH))
+    from roofline import forward_flops, linear_flops_per_token
+
+    e5_small = {"hidden": 384, "intermediate": 1536, "layers": 12}
+    # 12 layers x (Q, K, V, output 384x384 + two 384x1536 FFN matrices) x 2 FLOPs a multiply-add.
+    assert linear_flops_per_token(e5_small) == 12 * 2 * (4 * 384 * 384 + 2 * 384 * 1536) == 42_467_328
+    assert forward_flops([10, 20], e5_small) == 30 * 42_467_328 + 12 * 4 * 384 * (100 + 400)
+    out = _run("roofline.py", "--model", str(tiny_model_dir), "--sample", "32", "--skip-study", "--gemm-tokens", "128")
+    assert out["default_eval"]["distinct_texts"] > 20_000  # every distinct XQuAD-R text, counted
+    for p in ("fp32", "bf16_weights"):
+        assert 0 < out["encoder_1_thread"][p]["vs_gemm_peak"]
+    assert out["default_eval"]["encode_floor_s_at_gemm_peak"]["bf16"] > 0
