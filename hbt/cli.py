@@ -128,6 +128,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    if args.report_from:
+        from hbt.study.runner import rebuild_report
+
+        study_dir = Path(args.report_from)
+        # The study's own config unless one is given: its strategies, seeds and endpoints.
+        rebuild_report(load_config(args.config or study_dir / "config.yaml", args.overrides), study_dir)
+        return 0
     cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=True)
     from hbt.study import run_study
 
@@ -198,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="HBT vs baselines: train, evaluate, report")
     _add_config_args(st)
     st.add_argument("--fetch", action="store_true", help="first download the configured benchmarks that are missing")
+    st.add_argument("--report-from", metavar="STUDY_DIR", default=None,
+                    help="recompute a finished study's report from its saved evaluations (no training), with "
+                         "the study.* statistics of STUDY_DIR/config.yaml and the overrides")
     st.set_defaults(func=_cmd_study)
     return parser
 

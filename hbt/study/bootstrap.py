@@ -105,6 +105,16 @@ def _statistic(scores: np.ndarray, strata: tuple[np.ndarray, int] | None) -> np.
     return sums.mean(axis=-1)
 
 
+def _draw_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """Per row, how often each of ``n`` items came up in ``n`` uniform draws with replacement.
+
+    Multinomial in distribution; numpy's ``multinomial`` draws one binomial per item,
+    30x slower at the thousands of clusters of per-row resampling.
+    """
+    draws = rng.integers(0, n, (rows, n)) + (np.arange(rows) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n)
+
+
 def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
@@ -168,13 +178,9 @@ def paired_bootstrap(
     for start in range(0, n_resamples, rows):
         r = min(rows, n_resamples - start)
         # How often each cluster was drawn: the same draw for both systems (paired).
-        # Counts of n_clusters uniform draws per replicate (multinomial in distribution; numpy's
-        # multinomial draws one binomial per cluster, 30x slower at thousands of clusters).
-        draws = rng.integers(0, n_clusters, (r, n_clusters)) + (np.arange(r) * n_clusters)[:, None]
-        w = np.bincount(draws.ravel(), minlength=r * n_clusters).reshape(r, n_clusters).astype(np.float64)
+        w = _draw_counts(rng, r, n_clusters).astype(np.float64)
         # Each system's seeds drawn with replacement: the replicate averages the drawn seeds.
-        wa = np.stack([np.bincount(x, minlength=A.shape[0]) for x in rng.integers(0, A.shape[0], (r, A.shape[0]))])
-        wb = np.stack([np.bincount(x, minlength=B.shape[0]) for x in rng.integers(0, B.shape[0], (r, B.shape[0]))])
+        wa, wb = _draw_counts(rng, r, A.shape[0]), _draw_counts(rng, r, B.shape[0])
         num_a = sum((wa[:, [k]] / A.shape[0]) * (w @ sums_a[k]) for k in range(A.shape[0]))
         num_b = sum((wb[:, [k]] / B.shape[0]) * (w @ sums_b[k]) for k in range(B.shape[0]))
         den = w @ counts  # (r, strata)

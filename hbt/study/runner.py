@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import STUDY_STRATEGIES, HBTConfig, dump_config, with_overrides
+from hbt.config import STUDY_STRATEGIES, HbtError, HBTConfig, dump_config, with_overrides
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
 from hbt.study.report import build_report, endpoints_table, summary_table
@@ -97,6 +97,45 @@ def pace_text(pace: dict[str, float]) -> str:
     return f" ({pace['pairs_per_s']:.1f} pairs/s, data wait {100 * pace['data_wait_frac']:.2f}%)"
 
 
+def _report(cfg: HBTConfig, scores: dict[str, dict[int, Any]], zero_shot: Any, study_dir: Path) -> dict[str, Any]:
+    """The report of these evaluations under ``cfg.study``'s statistics, written to ``study_dir``."""
+    return build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
+                        baselines=[s for s in cfg.study.strategies if s != "hbt"],
+                        reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
+                        confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
+                        margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
+                        domain_shift=cfg.domain_shift_endpoints())
+
+
+def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
+    """Recomputes a finished study's report from its saved evaluations: no training, no encoding, no Ray.
+
+    ``cfg.study``'s statistics (replicates, confidence, unit, margin, endpoints) apply;
+    the strategies and seeds must be ones the study evaluated. ``report.{md,json}``
+    and the plots in ``study_dir`` are rewritten.
+
+    Raises:
+        HbtError: ``study_dir`` is not a study directory, or lacks an evaluation ``cfg`` asks for.
+    """
+    from hbt.eval.results import EvalResult
+
+    study_dir = Path(study_dir)
+    if not (study_dir / "zero_shot" / "metrics.json").exists():
+        raise HbtError(f"{study_dir}: not a finished study directory (no zero_shot/metrics.json)")
+    scores: dict[str, dict[int, Any]] = {}
+    for strategy in cfg.study.strategies:
+        for seed in cfg.study.seeds:
+            run = study_dir / "eval" / f"{strategy}-s{seed}"
+            if not (run / "metrics.json").exists():
+                raise HbtError(f"{run}: no evaluation of {strategy} seed {seed} in this study "
+                               "(study.strategies and study.seeds must be ones it ran)")
+            scores.setdefault(strategy, {})[seed] = EvalResult.load(run)
+    report = _report(cfg, scores, EvalResult.load(study_dir / "zero_shot"), study_dir)
+    print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
+    print(f"\n[hbt] report recomputed from the saved evaluations: {(study_dir / 'report.md').resolve()}")
+    return report
+
+
 def run_study(cfg: HBTConfig) -> dict[str, Any]:
     """Runs the whole study and writes ``report.{md,json}`` and plots.
 
@@ -143,12 +182,7 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
                 timings[f"eval/{tag}"] = time.time() - t
                 print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s{pace_text(pace[tag])}, "
                       f"evaluated in {timings[f'eval/{tag}']:.0f}s", flush=True)
-        report = build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
-                              baselines=[s for s in cfg.study.strategies if s != "hbt"],
-                              reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
-                              confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
-                              margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
-                              domain_shift=cfg.domain_shift_endpoints())
+        report = _report(cfg, scores, zero_shot, study_dir)
         timings["total"] = time.time() - t0
         (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
         (study_dir / "training_pace.json").write_text(json.dumps(pace, indent=2), encoding="utf-8")

@@ -84,3 +84,24 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
     # zero-shot eval + (train + eval) per strategy and seed
     assert len(children) == 9
     assert any(a.path == "report.md" for a in client.list_artifacts(parent.info.run_id))
+
+    # The report again from the saved evaluations under other statistics: no training, no Ray.
+    again = subprocess.run([sys.executable, "-m", "hbt.cli", "study", "--report-from", str(out),
+                            "study.bootstrap_samples=300"], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = json.loads((out / "report.json").read_text())
+    assert rebuilt["bootstrap"]["n_samples"] == 300 and saved["bootstrap"]["n_samples"] == 200
+    assert [r["scores"] for r in rebuilt["rows"]] == [r["scores"] for r in saved["rows"]]
+    assert rebuilt["answer"] in again.stdout and "Started a local Ray" not in again.stdout + again.stderr
+
+
+def test_report_from_a_directory_that_is_no_study_fails_in_one_line(tmp_path, capsys):
+    from hbt.cli import main
+
+    (tmp_path / "config.yaml").write_text("run_name: x\n", encoding="utf-8")
+    assert main(["study", "--report-from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a finished study directory" in err[0] and str(tmp_path) in err[0]
+    assert main(["study", "--report-from", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
