@@ -363,7 +363,12 @@ def endpoints_table(report: dict[str, Any]) -> str:
                 "|---|---|---|---|---|"]
         for e in ep["domain_shift"]:
             out.append(f"| {e['key']} | {_name(e['comparator'])} | {_fmt_comp(e)} | "
-                       f"{e['p_noninferior']:.4f} ({e['p_noninferior_holm']:.4f}) | {e['verdict']} |")
+                       f"{e['p_noninferior']:.4f} ({e['p_noninferior_holm']:.4f}) | {e['verdict']}"
+                       f"{'' if e.get('mc_stable', True) else ' †'} |")
+        if not all(e.get("mc_stable", True) for e in ep["domain_shift"]):
+            out += ["", "† within Monte Carlo error of its threshold: the verdict changes when the p-values move by "
+                    "2 Monte Carlo standard errors (study.bootstrap_samples replicates); more replicates or another "
+                    "resampling seed may change it."]
     return "\n".join(out)
 
 

@@ -19,6 +19,7 @@ non-significant difference is never read as "no harm": only ``non-inferior``
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from hbt.study.bootstrap import BootstrapResult
@@ -50,7 +51,10 @@ def noninferiority_verdicts(results: Sequence[BootstrapResult], margin: float, a
 
     Returns:
         Per comparison: ``verdict``, the raw and adjusted one-sided p-values
-        (``p_better``, ``p_noninferior``, ``p_inferior`` and ``*_holm``).
+        (``p_better``, ``p_noninferior``, ``p_inferior`` and ``*_holm``), and
+        ``mc_stable``: whether the verdict holds with every p-value moved by 2 Monte
+        Carlo standard errors down, and up (False: more replicates or another
+        resampling seed may change it).
     """
     if margin <= 0:
         raise ValueError(f"margin must be positive, got {margin}")
@@ -60,22 +64,44 @@ def noninferiority_verdicts(results: Sequence[BootstrapResult], margin: float, a
         "p_inferior": [r.p_at_least(-margin) for r in results],
     }
     adj = {k: (holm(v) if correct else list(v)) for k, v in raw.items()}
+    n = [r.n_resamples for r in results]
+    # The p-values are counts of replicates. Each is moved by 2 Monte Carlo standard errors,
+    # all down and then all up; a verdict that changes at either end was decided by resampling noise.
+    ends = [_decide({k: (holm(b) if correct else b) for k, b in
+                     {k: _mc_bound(v, n, sign) for k, v in raw.items()}.items()}, alpha / 2)
+            for sign in (-1.0, 1.0)]
     out = []
-    for i in range(len(results)):
-        level = alpha / 2
-        if adj["p_better"][i] < level:
-            verdict = "better"
-        elif adj["p_noninferior"][i] < level:
-            verdict = "non-inferior"
-        elif adj["p_inferior"][i] < level:
-            verdict = "inferior"
-        else:
-            verdict = "inconclusive"
-        entry: dict[str, float | str] = {"verdict": verdict}
+    for i, verdict in enumerate(_decide(adj, alpha / 2)):
+        entry: dict[str, float | str | bool] = {"verdict": verdict,
+                                               "mc_stable": all(e[i] == verdict for e in ends)}
         for k in raw:
             entry[k] = raw[k][i]
             entry[f"{k}_holm"] = adj[k][i]
         out.append(entry)
+    return out
+
+
+def _decide(adj: dict[str, list[float]], level: float) -> list[str]:
+    """The verdict of each comparison from its adjusted one-sided p-values."""
+    out = []
+    for i in range(len(adj["p_better"])):
+        if adj["p_better"][i] < level:
+            out.append("better")
+        elif adj["p_noninferior"][i] < level:
+            out.append("non-inferior")
+        elif adj["p_inferior"][i] < level:
+            out.append("inferior")
+        else:
+            out.append("inconclusive")
+    return out
+
+
+def _mc_bound(p: Sequence[float], n: Sequence[int], sign: float) -> list[float]:
+    """Each bootstrap p-value moved by ``sign`` x 2 Monte Carlo standard errors, within [1/n, 1]."""
+    out = []
+    for pi, ni in zip(p, n):
+        q = max(pi, 1.0 / ni)
+        out.append(min(1.0, max(1.0 / ni, pi + sign * 2.0 * math.sqrt(q * (1.0 - q) / ni))))
     return out
 
 

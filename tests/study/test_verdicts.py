@@ -43,6 +43,21 @@ def test_a_comparison_significant_alone_is_not_after_holm():
     assert corrected[0]["p_noninferior_holm"] == pytest.approx(0.06)
 
 
+def test_a_verdict_within_monte_carlo_error_of_its_threshold_is_marked():
+    m = 0.01
+    # p = 0.02 from 1000 replicates: its Monte Carlo standard error is 0.0044, so 2 of them
+    # reach past the 0.025 level; p = 0.002 does not come near it.
+    near = _result(np.concatenate([np.full(20, -0.02), np.full(980, 0.0)]))
+    far = _result(np.concatenate([np.full(2, -0.02), np.full(998, 0.0)]))
+    clear = _result(np.linspace(0.001, 0.02, 1000))
+    got = noninferiority_verdicts([near, far, clear], m, correct=False)
+    assert [v["verdict"] for v in got] == ["non-inferior", "non-inferior", "better"]
+    assert [v["mc_stable"] for v in got] == [False, True, True]
+    # The same p-value from 100 000 replicates is 0.0004 from its own value: stable.
+    many = _result(np.concatenate([np.full(2000, -0.02), np.full(98000, 0.0)]))
+    assert noninferiority_verdicts([many], m, correct=False)[0]["mc_stable"] is True
+
+
 def test_superiority():
     assert superiority_verdict(_result(np.linspace(0.01, 0.02, 100))) == "better"
     assert superiority_verdict(_result(np.linspace(-0.02, -0.01, 100))) == "worse"
