@@ -107,6 +107,11 @@ def _report(cfg: HBTConfig, scores: dict[str, dict[int, Any]], zero_shot: Any, s
                         domain_shift=cfg.domain_shift_endpoints())
 
 
+def _print_report(report: dict[str, Any]) -> None:
+    """The question, the answer and both tables, as a study prints them at its end."""
+    print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
+
+
 def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
     """Recomputes a finished study's report from its saved evaluations: no training, no encoding, no Ray.
 
@@ -131,7 +136,7 @@ def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
                                "(study.strategies and study.seeds must be ones it ran)")
             scores.setdefault(strategy, {})[seed] = EvalResult.load(run)
     report = _report(cfg, scores, EvalResult.load(study_dir / "zero_shot"), study_dir)
-    print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
+    _print_report(report)
     print(f"\n[hbt] report recomputed from the saved evaluations: {(study_dir / 'report.md').resolve()}")
     return report
 
@@ -197,7 +202,7 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
         parent.end("FAILED")
         raise
     parent.end("FINISHED")
-    print(f"\n{report['question']}\n{report['answer']}\n\n{endpoints_table(report)}\n\n{summary_table(report)}")
+    _print_report(report)
     waits = [p["data_wait_frac"] for p in pace.values() if "data_wait_frac" in p]
     if waits:
         print(f"[hbt] data wait over {len(waits)} training runs (each the median of its windows after the first): "

@@ -67,9 +67,10 @@ def noninferiority_verdicts(results: Sequence[BootstrapResult], margin: float, a
     n = [r.n_resamples for r in results]
     # The p-values are counts of replicates. Each is moved by 2 Monte Carlo standard errors,
     # all down and then all up; a verdict that changes at either end was decided by resampling noise.
-    ends = [_decide({k: (holm(b) if correct else b) for k, b in
-                     {k: _mc_bound(v, n, sign) for k, v in raw.items()}.items()}, alpha / 2)
-            for sign in (-1.0, 1.0)]
+    ends = []
+    for sign in (-1.0, 1.0):
+        moved = {k: _mc_bound(v, n, sign) for k, v in raw.items()}
+        ends.append(_decide({k: (holm(v) if correct else v) for k, v in moved.items()}, alpha / 2))
     out = []
     for i, verdict in enumerate(_decide(adj, alpha / 2)):
         entry: dict[str, float | str | bool] = {"verdict": verdict,
