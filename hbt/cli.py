@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from hbt.config import ConfigError, HBTConfig, HbtError, load_config, paths_are_local
+from hbt.config import ConfigError, HBTConfig, HbtError, check_cluster_handoffs, load_config, paths_are_local
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
@@ -26,8 +26,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="a.b=c overrides applied after the file")
 
 
-def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluate: bool) -> HBTConfig:
-    """Fails naming the fetch command when configured benchmarks are missing; with --fetch, fetches them."""
+def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluate: bool,
+                  uses_ray: bool = True) -> HBTConfig:
+    """Fails naming the fetch command when configured benchmarks are missing; with --fetch, fetches them.
+
+    A command that runs on Ray also refuses here, before any Ray work, stores
+    that a cluster's other nodes cannot reach.
+    """
+    if uses_ray:
+        check_cluster_handoffs(cfg)
     fetch = getattr(args, "fetch", False)
     if ensure_data(cfg, train=train, evaluate=evaluate, fetch_missing=fetch, offer_flag=hasattr(args, "fetch")):
         cfg = load_config(args.config, args.overrides)  # validate again, now against the fetched data
@@ -57,7 +64,7 @@ def _cmd_model_build_offline(args: argparse.Namespace) -> int:
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from hbt.data.inspect import inspect_batches
 
-    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
+    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False, uses_ray=False)
     print(json.dumps(inspect_batches(cfg, steps=args.steps), indent=2))
     return 0
 

@@ -215,7 +215,8 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="The forward pass: bf16 autocast (fp32 weights, optimizer and loss) or fp32; auto: bf16 "
         "on a GPU with bf16 or a CPU with AMX or AVX512-BF16, fp32 elsewhere (CPUs without them emulate bf16 matmuls).")
-    checkpoint_every: int = Field(0, ge=0, description="0: only at the end.")
+    checkpoint_every: int = Field(
+        500, ge=0, description="Checkpoint every N steps (a lost node costs at most N steps); 0: only at the end.")
     log_every: int = Field(5, ge=1)
     dev_eval_every: int = Field(
         0, ge=0, description="Evaluate on the dev split (data.dev_articles) every N steps, log dev/* metrics and "
@@ -309,12 +310,43 @@ class RayConfig(_Strict):
     address: str | None = Field(
         None, description="None: the cluster in $RAY_ADDRESS (set under `ray job submit`), else a fresh local Ray; "
         "'auto': the Ray started with `ray start` on this host; 'ray://host:10001': a remote cluster.")
-    num_workers: int = Field(2, ge=1)
+    num_workers: int | tuple[int, int] = Field(
+        2, description="Train workers: N, or [min, max] for elastic training (the run goes on with fewer workers "
+        "when nodes are lost, on the same global batches; needs deepspeed.zero_stage 0).")
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     gpus_per_worker: float = Field(1.0, ge=0)
-    storage_path: str | None = Field(None, description="None: output_dir/ray_results.")
-    max_failures: int = Field(1, ge=0)
+    storage_path: str | None = Field(
+        None, description="None: output_dir/ray_results (one machine only). On a cluster: a URI every node "
+        "reaches (s3://, gs://), or a path every node mounts with ray.shared_filesystem.")
+    shared_filesystem: bool = Field(
+        False, description="Every node of the cluster mounts output_dir, ray.storage_path and a file tracking "
+        "store at the same paths (NFS, or a one-node cluster), so local paths may be handed between nodes.")
+    max_failures: int = Field(
+        3, ge=0, description="Restarts of the worker group from its last checkpoint (a lost spot node costs one).")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _worker_range(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or hi < lo:
+            raise ValueError(f"must be a positive count or [min, max] with 1 <= min <= max, got {v}")
+        return v
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest Train workers the run goes on with."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        """The most Train workers the run starts with."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[1]
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count may change during the run."""
+        return self.min_workers != self.max_workers
 
 
 class TuneConfig(_Strict):
@@ -423,11 +455,20 @@ class HBTConfig(_Strict):
     @model_validator(mode="after")
     def _cross_field(self) -> "HBTConfig":
         b, d = self.batching, self.data
-        if b.global_batch_size % self.ray.num_workers:
+        counts = range(self.ray.min_workers, self.ray.max_workers + 1)
+        bad = [n for n in counts if b.global_batch_size % n]
+        if bad:
+            # Elastic runs keep the global batch and re-slice it over the workers left.
+            every = "" if not self.ray.elastic else f", by every count in [{self.ray.min_workers}, " \
+                f"{self.ray.max_workers}]; not by {bad}"
             raise ValueError(
                 f"batching.global_batch_size ({b.global_batch_size}) must be divisible by "
-                f"ray.num_workers ({self.ray.num_workers})"
+                f"ray.num_workers ({self.ray.min_workers if not self.ray.elastic else list(self.ray.num_workers)}"
+                f"{every})"
             )
+        if self.ray.elastic and self.deepspeed.zero_stage:
+            raise ValueError("ray.num_workers [min, max] (elastic) needs deepspeed.zero_stage 0: ZeRO shards "
+                             "cannot be reloaded by another number of workers")
         if b.strategy == "single" and b.single_language not in d.languages:
             raise ValueError(f"batching.single_language {b.single_language!r} is not in data.languages")
         if b.strategy in ("cross", "hybrid") and len(d.languages) < 2 and not (
@@ -448,8 +489,8 @@ class HBTConfig(_Strict):
         if self.train.warmup_steps > self.train.max_steps:
             raise ValueError("train.warmup_steps exceeds train.max_steps")
         if self.train.grad_cache:
-            local = b.global_batch_size // self.ray.num_workers
-            if local % self.train.grad_cache_chunk:
+            local = b.global_batch_size // self.ray.max_workers
+            if any((b.global_batch_size // n) % self.train.grad_cache_chunk for n in counts):
                 raise ValueError(
                     f"train.grad_cache_chunk ({self.train.grad_cache_chunk}) must divide the local batch ({local})"
                 )
@@ -555,6 +596,51 @@ def _check_local_paths(cfg: HBTConfig) -> None:
         if not os.path.exists(resolved):
             where = path if resolved == path else f"{path} (looked for {resolved})"
             raise ValueError(f"{key}: no such file or directory: {where}")
+
+
+def on_cluster(cfg: HBTConfig) -> bool:
+    """Whether the job joins a Ray cluster, whose nodes need not share this machine's disk.
+
+    That is ``ray.address`` (other than ``local``), ``$RAY_ADDRESS``, or a job
+    started by ``ray job submit``. A fresh local Ray is one machine.
+    """
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    return bool(address and address != "local") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _local_store(uri: str | None) -> bool:
+    """A store on one machine's disk: no URI, a plain path, ``file://`` or ``sqlite://``."""
+    if not uri or "://" not in uri:
+        return True
+    return uri.split("://", 1)[0].lower() in ("file", "sqlite")
+
+
+def check_cluster_handoffs(cfg: HBTConfig) -> None:
+    """On a cluster, refuses stores that live on one node's disk (checked before Ray starts).
+
+    Checkpoints and the trained model (``ray.storage_path``) and rank 0's
+    tracking (``tracking.uri``) cross nodes. A local path there works on the
+    node that wrote it and fails, or is silently lost, on every other node.
+    ``ray.shared_filesystem: true`` says every node mounts those paths.
+
+    Raises:
+        ConfigError: one line naming the key and what to set.
+    """
+    if not on_cluster(cfg) or cfg.ray.shared_filesystem:
+        return
+    hint = "or ray.shared_filesystem=true if every node mounts it at the same path"
+    storage = cfg.ray.storage_path
+    if _local_store(storage):
+        where = repr(storage) if storage else f"unset (so {cfg.output_dir}/ray_results)"
+        raise ConfigError(f"ray.storage_path is {where}, on this node's disk only, but the job runs on a Ray "
+                          f"cluster whose nodes do not share it: set ray.storage_path to a URI every node "
+                          f"reaches (s3://BUCKET/PATH), {hint}")
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if _local_store(uri):
+        where = repr(redact_uri(uri)) if uri else f"unset (so a sqlite file under {cfg.output_dir})"
+        raise ConfigError(f"tracking.uri is {where}, on this node's disk only, but the job runs on a Ray cluster "
+                          f"whose nodes do not share it: set tracking.uri to an MLflow server every node reaches "
+                          f"(http://HEAD:5000), {hint}")
 
 
 # Encoder layers of the models hbt builds itself (no config.json until built).

@@ -65,11 +65,14 @@ class Tracker:
         tags: run tags.
         run_id: attach to this existing run instead of creating one (a
             Train worker logging into the run its driver created).
+
+    With ``uri`` None the tracker keeps the local files only (the run's MLflow
+    run could not be created: its metrics must still be kept).
     """
 
     def __init__(
         self,
-        uri: str,
+        uri: str | None,
         experiment: str,
         run_name: str,
         run_dir: str | os.PathLike,
@@ -83,6 +86,8 @@ class Tracker:
         self.run_id: str | None = None
         self._client = None
         self._warned = False
+        if uri is None:
+            return
         if uri.startswith(("http://", "https://")):
             # MLflow retries a dead server for minutes by default; a training
             # run should notice within seconds and go on without it.
@@ -113,8 +118,8 @@ class Tracker:
     def _degrade(self, err: Exception) -> None:
         if not self._warned:
             warnings.warn(
-                f"MLflow tracking at {redact_uri(self.uri)} failed "
-                f"({type(err).__name__}: {_redact_text(str(err), self.uri)}); "
+                f"MLflow tracking at {redact_uri(self.uri or '')} failed "
+                f"({type(err).__name__}: {_redact_text(str(err), self.uri or '')}); "
                 f"going on, metrics are kept in {self.run_dir / 'metrics.jsonl'}",
                 stacklevel=3,
             )
@@ -208,3 +213,31 @@ def tracker_for(cfg: HBTConfig, run_name: str, run_dir: str | os.PathLike, paren
                 tags: dict[str, str] | None = None) -> Tracker:
     """A :class:`Tracker` configured from ``cfg.tracking``."""
     return Tracker(tracking_uri(cfg), cfg.tracking.experiment, run_name, run_dir, parent_run_id, tags)
+
+
+class RunLog:
+    """The training run's record on the driver's node: ``metrics.jsonl`` in the run dir, then MLflow.
+
+    Train workers may run on nodes that share no disk with the driver, and may die
+    with their node. Rank 0 therefore sends its step metrics, dev scores and tags
+    here (a Ray actor that :func:`hbt.train.job.start_run_log` pins to the
+    driver's node): the file is on the disk the driver reads, and it is written
+    whether or not the tracking server answers.
+
+    Args:
+        uri: MLflow tracking URI, or None when the run has no MLflow run.
+        experiment: experiment name.
+        run_dir: the run's directory on the driver's node.
+        run_id: the MLflow run the driver created (None: local files only).
+    """
+
+    def __init__(self, uri: str | None, experiment: str, run_dir: str, run_id: str | None) -> None:
+        self._tracker = Tracker(uri if run_id else None, experiment, "", run_dir, run_id=run_id)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Appends to ``metrics.jsonl``, then logs to MLflow when it is reachable."""
+        self._tracker.log_metrics(metrics, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets MLflow tags of the run."""
+        self._tracker.set_tags(tags)

@@ -287,3 +287,70 @@ def test_dumped_config_holds_no_credentials(tmp_path):
     text = (tmp_path / "config.yaml").read_text()
     assert "s3cret" not in text and "abc" not in text
     assert "http://alice:***@mlflow.example:5000" in text and "endpoint_override=minio:9000" in text
+
+
+# A Ray address nobody listens on: a refusal that comes after any Ray work would hang or fail differently.
+_DEAD_RAY = "ray.address=127.0.0.1:9"
+
+
+_BREAKS = [
+    # Break 1: checkpoints on the driver's disk (unset, or a plain path).
+    ([], "ray.storage_path"),
+    (["ray.storage_path=/tmp/hbt-ray-results"], "ray.storage_path"),
+    (["ray.storage_path=file:///tmp/hbt-ray-results"], "ray.storage_path"),
+    # Break 3: the MLflow store on the driver's disk (unset: a sqlite file under output_dir).
+    (["ray.storage_path=s3://bucket/runs"], "tracking.uri"),
+    (["ray.storage_path=s3://bucket/runs", "tracking.uri=sqlite:////tmp/mlflow.db"], "tracking.uri"),
+    (["ray.storage_path=s3://bucket/runs", "tracking.uri=/tmp/mlruns"], "tracking.uri"),
+    # Break 2: the default offline model is resolved on the driver; with local storage it has nowhere to go.
+    (["model.name_or_path=offline:multilingual-e5-small"], "ray.storage_path"),
+]
+
+
+def _cluster_args(command: str, tmp_path: Path, overrides: list[str]) -> list[str]:
+    args = [command, "-c", str(PROJECT_ROOT / "configs" / "local.yaml"), _DEAD_RAY, f"output_dir={tmp_path}", *overrides]
+    return args + (["--space", str(PROJECT_ROOT / "tune_spaces" / "alpha.yaml")] if command == "tune" else [])
+
+
+@pytest.mark.parametrize("overrides, key", _BREAKS)
+@pytest.mark.parametrize("command", ["train", "eval", "study", "tune"])
+def test_one_node_stores_are_refused_on_a_cluster_before_ray(tmp_path, capsys, overrides, key, command):
+    import ray
+
+    assert main(_cluster_args(command, tmp_path, overrides)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {key} is ") and len(err.splitlines()) == 1, err
+    assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
+
+
+def test_the_cluster_refusal_is_one_line_from_the_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hbt.cli", *_cluster_args("train", tmp_path, [])],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert out.returncode == 2 and out.stderr.startswith("error: ray.storage_path is unset"), out.stderr
+    assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_a_cluster_config_with_shared_stores_passes_the_handoff_check(monkeypatch):
+    from hbt.config import check_cluster_handoffs, on_cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = load_config(None, [])
+    assert not on_cluster(local)
+    check_cluster_handoffs(local)  # one machine: its disk is every process's disk
+    check_cluster_handoffs(load_config(None, [_DEAD_RAY, "ray.storage_path=s3://b/r", "tracking.uri=http://h:5000"]))
+    check_cluster_handoffs(load_config(None, [_DEAD_RAY, "ray.shared_filesystem=true"]))  # NFS: the user says so
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what `ray job submit` gives its driver
+    assert on_cluster(local)
+    with pytest.raises(ConfigError, match="^ray.storage_path is unset"):
+        check_cluster_handoffs(local)
+
+
+def test_elastic_worker_counts_are_checked_against_the_global_batch():
+    cfg = load_config(None, ["ray.num_workers=[1,2]", "batching.global_batch_size=8"])
+    assert (cfg.ray.min_workers, cfg.ray.max_workers, cfg.ray.elastic) == (1, 2, True)
+    with pytest.raises(ConfigError, match=r"by every count in \[2, 3\]; not by \[3\]"):
+        load_config(None, ["ray.num_workers=[2,3]", "batching.global_batch_size=8"])
+    with pytest.raises(ConfigError, match="needs deepspeed.zero_stage 0"):
+        load_config(None, ["ray.num_workers=[1,2]", "deepspeed.zero_stage=2"])
+    with pytest.raises(ConfigError, match="ray.num_workers"):
+        load_config(None, ["ray.num_workers=[2,1]"])

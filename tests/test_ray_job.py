@@ -85,7 +85,9 @@ def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_di
         entry = (f"python -m ray_jobs.train --config configs/local.yaml output_dir={tmp_path / 'out'} "
                  f"model.name_or_path={tiny_model_dir} tracking.uri={db} run_name=job-test "
                  "train.max_steps=3 train.warmup_steps=0 train.log_every=1 batching.global_batch_size=4 data.max_questions=16 "
-                 "data.languages=[en,de] eval.languages=[en,de] model.freeze_embeddings=false")
+                 "data.languages=[en,de] eval.languages=[en,de] model.freeze_embeddings=false "
+                 # One node: its disk is every node's disk (the separate-node case is tests/cluster/).
+                 "ray.shared_filesystem=true")
         runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
                        # relative data paths resolve against the checkout, not the uploaded copy
                        "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}}

@@ -39,7 +39,7 @@ def strategy_stats(cfg: HBTConfig, rows: list[dict[str, str]], steps: int) -> di
         be 0), ``articles_per_batch`` (mean distinct articles, when known) and
         ``qid_duplicates``.
     """
-    langs, world = cfg.data.languages, cfg.ray.num_workers
+    langs, world = cfg.data.languages, cfg.ray.max_workers
     batches = GlobalBatches(len(rows), cfg.batching.global_batch_size, cfg.batching.seed, cfg.data.shuffle)
     groups = np.array([stable_hash(r["passage_group"]) for r in rows], dtype=np.int64)
     qids = [r["qid"] for r in rows]
@@ -106,7 +106,7 @@ def inspect_batches(cfg: HBTConfig, steps: int = 100) -> dict[str, Any]:
     rows, skips = iter_rows_local(cfg)
     order = canonical_order(np.array([stable_hash(r["qid"]) for r in rows], dtype=np.int64))
     rows = [rows[i] for i in order]
-    out: dict[str, Any] = {"rows": len(rows), **skips.as_metrics(), "workers": cfg.ray.num_workers,
+    out: dict[str, Any] = {"rows": len(rows), **skips.as_metrics(), "workers": cfg.ray.max_workers,
                            "global_batch_size": cfg.batching.global_batch_size, "strategies": {}}
     for name in STRATEGIES:
         if name == "single" and cfg.batching.single_language not in cfg.data.languages:

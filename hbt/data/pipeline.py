@@ -178,7 +178,10 @@ def qid_hash(qid: str) -> int:
 def _tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    from hbt.model.storage import local_model_dir
+
+    # On a cluster the model is a storage URI: the task's node fetches the tokenizer files, not the weights.
+    return AutoTokenizer.from_pretrained(local_model_dir(model_dir, weights=False))
 
 
 def tokenize_rows(

@@ -21,6 +21,7 @@ from hbt.config import HBTConfig, dump_config
 from hbt.eval.benchmarks import BenchmarkError
 from hbt.eval.registry import spec
 from hbt.eval.results import Collector, EvalResult
+from hbt.model.storage import shareable_model
 
 SPLITS = ("test", "dev")
 
@@ -199,7 +200,8 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
     cfg = prepare_eval(cfg, out)
     # The embeddings stay in the object store; search actors hold the candidates
     # and the driver fetches only the queries (hbt.eval.search).
-    lazy = encode_to_store(texts, kinds, str(model_dir), cfg)
+    # On a cluster the encoder actors' nodes fetch a driver-local model from the storage.
+    lazy = encode_to_store(texts, kinds, shareable_model(str(model_dir), cfg), cfg)
     t_enc = time.time()
     col = Collector()
     in_driver = lazy.store.nbytes <= cfg.eval.driver_search_max_mb * 2**20

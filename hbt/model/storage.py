@@ -12,6 +12,7 @@ itself: no path on one node's disk is handed to another.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -193,3 +194,53 @@ def resolve_model_ref(ref: str, output_dir: str | os.PathLike, storage_path: str
         f"(no {run}" + (f", no {join_uri(storage_path, ref, 'model')}" if storage_path and is_uri(storage_path) else "")
         + ")"
     )
+
+
+# Written last into a published base model: a copy cut short by a crash has none, and is published again.
+PUBLISHED_MARKER = "hbt_published.json"
+
+
+def publish_base_model(model_dir: str, storage: str) -> str:
+    """Copies a local model directory to ``<storage>/_models/<key>`` once, and returns that URI.
+
+    The key hashes the directory's listing (relative names, sizes, modification
+    times), so every job that starts from the same files shares one copy, and a
+    model rebuilt in place is published again. The marker file is written after
+    the files: a half-published copy is never served.
+
+    Raises:
+        ModelNotFoundError: the storage cannot be written.
+    """
+    from pyarrow import fs
+
+    root = Path(model_dir).resolve()
+    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in root.rglob("*") if p.is_file())
+    key = hashlib.sha256(repr(files).encode()).hexdigest()[:20]
+    uri = join_uri(storage, "_models", key)
+    try:
+        dest_fs, dest = fs.FileSystem.from_uri(uri)
+        if dest_fs.get_file_info(f"{dest}/{PUBLISHED_MARKER}").type == fs.FileType.File:
+            return uri
+    except Exception as e:  # pyarrow raises OSError / ArrowInvalid with the reason
+        raise ModelNotFoundError(f"ray.storage_path {storage}: cannot reach the storage ({e})") from None
+    publish_model(fs.LocalFileSystem(), str(root), uri)
+    with dest_fs.open_output_stream(f"{dest}/{PUBLISHED_MARKER}") as f:
+        f.write(json.dumps({"source": str(root), "files": len(files)}).encode())
+    return uri
+
+
+def shareable_model(model_dir: str, cfg) -> str:
+    """``model_dir`` as every node of the job's Ray cluster can load it.
+
+    On a cluster whose nodes share no disk (:func:`hbt.config.on_cluster`,
+    without ``ray.shared_filesystem``), a local directory resolved on the driver
+    (the ``offline:`` model, a path) is published to ``ray.storage_path`` and
+    its URI is handed on: each node fetches it into its own cache. URIs and hub
+    ids are loadable anywhere already; a local run keeps its path.
+    """
+    from hbt.config import on_cluster
+
+    if is_uri(model_dir) or not Path(model_dir).is_dir() or not on_cluster(cfg) or cfg.ray.shared_filesystem:
+        return model_dir
+    return publish_base_model(model_dir, cfg.ray.storage_path)

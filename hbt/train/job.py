@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import ConfigError, HBTConfig, dump_config, resolve_path
+from hbt.config import ConfigError, HBTConfig, check_cluster_handoffs, dump_config, on_cluster, resolve_path
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray, log_level
@@ -75,9 +75,43 @@ def _table_key(cfg: HBTConfig, model_dir: str, q_prefix: str, p_prefix: str) -> 
             str(cfg.model.max_query_length), str(cfg.model.max_passage_length))
 
 
+def start_run_log(cfg: HBTConfig, run_dir: Path, mlflow_run_id: str | None):
+    """The run's :class:`hbt.tracking.RunLog` actor, pinned to this (the driver's) node.
+
+    Rank 0 may run on any node; its metrics must land in ``run_dir`` here, and
+    the actor must outlive a lost worker node. It reserves no CPU: it writes a
+    line per logging window.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from hbt.tracking import RunLog
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(RunLog).options(num_cpus=0, scheduling_strategy=here).remote(
+        tracking_uri(cfg), cfg.tracking.experiment, str(run_dir.resolve()), mlflow_run_id)
+
+
+def _pinned_here(refs: list[Any]) -> list[Any]:
+    """The table's blocks stored again from the driver, so a lost worker node does not take them along.
+
+    Read and tokenise tasks leave their blocks in the object store of the node
+    they ran on; a block whose node is gone must be rebuilt by lineage before a
+    restarted worker group can train. Blocks put by the driver live on the
+    driver's node (the head), which outlives the workers.
+    """
+    import ray
+
+    return [ray.put(ray.get(r)) for r in refs]
+
+
 def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, mlflow_run_id: str | None,
-                  callbacks: list | None = None):
-    """The ``TorchTrainer`` for one training run (datasets attached, not yet fitted)."""
+                  callbacks: list | None = None, run_log: Any = None):
+    """The ``TorchTrainer`` for one training run (datasets attached, not yet fitted).
+
+    ``model_dir`` is the driver's local copy of the base model; the workers and
+    tokenise tasks get :func:`hbt.model.storage.shareable_model` of it.
+    """
     import ray
     import ray.train
     from ray.data import DataContext
@@ -86,8 +120,11 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
     from hbt.data.pipeline import build_train_dataset, make_skip_ledger, materialize_train_table
     from hbt.train.loop import train_loop_per_worker
 
+    from hbt.model.storage import shareable_model
+
     ledger = make_skip_ledger()
     q_prefix, p_prefix = prefixes(cfg, model_dir)
+    worker_model = shareable_model(model_dir, cfg)
     key = _table_key(cfg, model_dir, q_prefix, p_prefix)
     if key in _TABLES:
         # A study or a resumed process trains again on the same rows: the blocks are
@@ -101,7 +138,9 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
         t0 = time.perf_counter()
         # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
         # store for every epoch, restart and worker (hbt.data.pipeline).
-        table = materialize_train_table(build_train_dataset(cfg, model_dir, q_prefix, p_prefix, "train", ledger))
+        table = materialize_train_table(build_train_dataset(cfg, worker_model, q_prefix, p_prefix, "train", ledger))
+        if on_cluster(cfg):
+            table = _pinned_here(table)
         log.info("training data read and tokenised in %.1fs (%d blocks)", time.perf_counter() - t0, len(table))
         while len(_TABLES) >= 2:  # the blocks stay pinned while cached: keep the last two tables
             _TABLES.pop(next(iter(_TABLES)))
@@ -114,10 +153,10 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
-            "model_dir": model_dir,
+            "model_dir": worker_model,
             "run_dir": str(run_dir.resolve()),
-            "mlflow_run_id": mlflow_run_id,
-            "mlflow_uri": tracking_uri(cfg),
+            "run_storage": run_storage(cfg, run_name),
+            "run_log": run_log,
             "ledger": ledger,
             "train_table": table,
             "log_level": log_level(),
@@ -141,6 +180,37 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, 
 def storage_root(cfg: HBTConfig) -> str:
     """Where Ray Train keeps checkpoints: ``ray.storage_path`` (a directory or a pyarrow URI), else ``output_dir/ray_results``."""
     return cfg.ray.storage_path or str((Path(cfg.output_dir) / "ray_results").resolve())
+
+
+def run_storage(cfg: HBTConfig, run_name: str) -> str:
+    """The run's folder in the storage (a URI with its query, or an absolute path)."""
+    from hbt.model.storage import is_uri, join_uri
+
+    root = storage_root(cfg)
+    return join_uri(root, run_name) if is_uri(root) else str(Path(root, run_name).resolve())
+
+
+def checkpoint_ref(cfg: HBTConfig, checkpoint) -> str | None:
+    """A checkpoint as a reference any node can open: the full URI (scheme, bucket, endpoint) or a path.
+
+    Ray's ``Checkpoint.path`` drops the scheme and the query of the storage URI
+    (``bucket/runs/x/checkpoint_…``), which names nothing on its own.
+    """
+    from hbt.model.storage import is_uri, join_uri
+
+    if checkpoint is None:
+        return None
+    root = storage_root(cfg)
+    if not is_uri(root):
+        return checkpoint.path
+    from pyarrow import fs
+
+    _, base = fs.FileSystem.from_uri(root)
+    rel = checkpoint.path[len(base.rstrip("/")):].strip("/") if checkpoint.path.startswith(base.rstrip("/")) else None
+    if rel is None:
+        head, _, query = root.partition("?")
+        return f"{head.split('://', 1)[0]}://{checkpoint.path}" + (f"?{query}" if query else "")
+    return join_uri(root, *rel.split("/"))
 
 
 def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint) -> str:
@@ -172,8 +242,8 @@ def training_pace(run_dir: Path) -> dict[str, float]:
     """A run's median pairs/s and data-wait share of step time over its logged windows after the first.
 
     The first window holds the warm-up (first batches, allocator growth), so it is
-    left out, as in ``docs/benchmarks.md``. Read from rank 0's ``metrics.jsonl``;
-    empty when that file is not on this machine (rank 0 ran on another node).
+    left out, as in ``docs/benchmarks.md``. Read from the run's ``metrics.jsonl``,
+    which rank 0's metrics reach on the driver's node (:func:`start_run_log`).
     """
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -205,6 +275,10 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
     Raises:
         ConfigError: ``resume_from`` names no run under ``output_dir`` (checked before Ray starts).
     """
+    import ray
+
+    if not ray.is_initialized():  # a Tune trial runs inside Ray: its search checked the config
+        check_cluster_handoffs(cfg)
     if resume_from is not None:
         check_resumable(cfg, resume_from)
     from hbt.model.storage import check_storage, is_uri
@@ -234,22 +308,25 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         log.info("XQuAD split: %s questions (train/dev/test articles %d/%d/%d)", split.questions,
                  len(split.train), len(split.dev), len(split.test))
 
-    trainer = build_trainer(cfg, run_name, run_dir, model_dir, tracker.run_id, callbacks)
+    run_log = start_run_log(cfg, run_dir, tracker.run_id)
+    trainer = build_trainer(cfg, run_name, run_dir, model_dir, tracker.run_id, callbacks, run_log)
     try:
         result = trainer.fit()
     except Exception:
         tracker.end("FAILED")
         raise
+    finally:
+        ray.kill(run_log)  # rank 0 waited for every line it sent: nothing is pending
     final_model = publish_final_model(cfg, run_name, run_dir, result.checkpoint)
-    tracker.set_tags({"hbt.final_model": final_model,
-                      "hbt.checkpoint": result.checkpoint.path if result.checkpoint else ""})
+    checkpoint = checkpoint_ref(cfg, result.checkpoint)
+    tracker.set_tags({"hbt.final_model": final_model, "hbt.checkpoint": checkpoint or ""})
     metrics = dict(result.metrics or {})
     tracker.end("FINISHED")
     out = {
         "run_name": run_name,
         "run_dir": str(run_dir.resolve()),
         "model_dir": final_model,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "mlflow_run_id": tracker.run_id,
         "metrics": metrics,
         "pace": training_pace(run_dir),

@@ -21,7 +21,9 @@ from hbt.data.strategies import plan_step
 from hbt.distributed import mean_across_workers
 from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
+from hbt.model.storage import local_model_dir
 from hbt.raysetup import configure_logging
+from hbt.train.checkpoints import checkpoint_name, download, latest_complete, mark_complete
 from hbt.train.state import TrainState
 from hbt.hardware import resolve_train_precision
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
@@ -174,8 +176,12 @@ def _save_hf_model(model: Retriever, tokenizer, out: Path, rank: int, cfg: HBTCo
 
 
 def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg: HBTConfig, rank: int,
-                    metrics: dict[str, float]) -> None:
-    """Checkpoints weights, optimizer, RNG/sampler state and config, and reports it to Ray Train."""
+                    metrics: dict[str, float], run_storage: str | None = None) -> None:
+    """Checkpoints weights, optimizer, RNG/sampler state and config, and reports it to Ray Train.
+
+    With ``run_storage`` (the run's storage folder) the checkpoint is named by its
+    step and marked whole once every rank has uploaded it (:mod:`hbt.train.checkpoints`).
+    """
     import ray.train
     import torch.distributed as dist
 
@@ -187,7 +193,13 @@ def save_checkpoint(engine, model: Retriever, tokenizer, state: TrainState, cfg:
             dump_config(cfg, Path(d) / "config.yaml")
         if dist.is_initialized():
             dist.barrier()
-        ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report({**metrics, "step": state.step}, checkpoint=ray.train.Checkpoint.from_directory(d),
+                         checkpoint_dir_name=checkpoint_name(state.step))
+        if run_storage is not None:
+            if dist.is_initialized():
+                dist.barrier()  # every rank's files are uploaded: the checkpoint is whole
+            if rank == 0:
+                mark_complete(run_storage, state.step)
 
 
 def run_dev_eval(dev_eval, model: Retriever, tokenizer, device, cfg: HBTConfig, rank: int, step: int,
@@ -270,6 +282,28 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+class _RunLogClient:
+    """Rank 0's handle on the driver's :class:`hbt.tracking.RunLog` (the tracker interface the loop uses).
+
+    Each call waits for its answer: a line sent just before the worker dies with
+    its node is then written, or known lost, and the driver reads the file only
+    after training returns.
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import ray
+
+        ray.get(self._actor.log_metrics.remote(metrics, step))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import ray
+
+        ray.get(self._actor.set_tags.remote(tags))
+
+
 @dataclass
 class _Worker:
     """What one worker trains with, built once by :func:`_setup`."""
@@ -301,7 +335,9 @@ def _setup(config: dict[str, Any]) -> _Worker:
         # One intra-op thread per reserved CPU: more threads than cores makes workers fight.
         torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
 
-    encoder, tokenizer = load_encoder(config["model_dir"], cfg.model.pooling, cfg.model.query_prefix, cfg.model.passage_prefix)
+    # A storage URI (the base model published for a cluster) is fetched into this node's cache.
+    encoder, tokenizer = load_encoder(local_model_dir(config["model_dir"]), cfg.model.pooling, cfg.model.query_prefix,
+                                      cfg.model.passage_prefix)
     if cfg.model.gradient_checkpointing:
         encoder.backbone.gradient_checkpointing_enable()
     if cfg.model.freeze_embeddings:
@@ -313,10 +349,8 @@ def _setup(config: dict[str, Any]) -> _Worker:
     engine = build_engine(model, cfg, local_b, world)
 
     tracker = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        from hbt.tracking import Tracker
-
-        tracker = Tracker(config["mlflow_uri"], cfg.tracking.experiment, "", config["run_dir"], run_id=config["mlflow_run_id"])
+    if rank == 0 and config.get("run_log") is not None:
+        tracker = _RunLogClient(config["run_log"])
         tracker.set_tags({"hbt.train_precision": f"{precision} ({why})"})
 
     dev_eval = None
@@ -330,6 +364,14 @@ def _setup(config: dict[str, Any]) -> _Worker:
     return _Worker(cfg, config, rank, world, engine, model, tokenizer, engine.device, tracker, dev_eval, table, batches)
 
 
+def _step_of(ckpt) -> int | None:
+    """The step of a Ray checkpoint named by :func:`checkpoint_name` (None: none, or another name)."""
+    import re
+
+    m = re.search(r"checkpoint_step(\d{8})$", ckpt.path.rstrip("/")) if ckpt is not None else None
+    return int(m.group(1)) if m else (None if ckpt is None else -1)
+
+
 def _resume(w: _Worker) -> tuple[TrainState, bool]:
     """Loads Ray Train's checkpoint into the engine when there is one (a restart or ``--resume``).
 
@@ -339,11 +381,22 @@ def _resume(w: _Worker) -> tuple[TrainState, bool]:
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+    run_storage = w.config.get("run_storage")
+    marked = latest_complete(run_storage) if run_storage else None
+    ray_step = _step_of(ckpt)
+    if marked is not None and (ray_step is None or marked > ray_step):
+        # Written whole but not (yet) registered by Ray when the worker group died.
+        # Each rank fetches its own copy: no download shared between processes.
+        with tempfile.TemporaryDirectory(prefix="hbt-resume-") as d:
+            download(run_storage, marked, d)
+            w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
+            state = TrainState.load(d)
+    elif ckpt is not None:
+        with ckpt.as_directory() as d:
+            w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
+            state = TrainState.load(d)
+    else:
         return TrainState(), False
-    with ckpt.as_directory() as d:
-        w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-        state = TrainState.load(d)
     if w.rank == 0:
         log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
     return state, True
@@ -470,12 +523,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             dev = run_dev_eval(w.dev_eval, w.model, w.tokenizer, w.device, cfg, w.rank, state.step, last, w.tracker)
             meter.t0 += time.perf_counter() - t_dev  # throughput counts training time only
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-            save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, {**last, **dev})
+            save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, {**last, **dev},
+                            w.config.get("run_storage"))
             last_ckpt_step = state.step
         elif dev:
             # Every rank reports (Ray Train pairs the reports); rank 0's metrics reach Tune.
             ray.train.report({**last, **dev, "step": state.step})
 
     if last_ckpt_step != state.step:
-        save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, last)
+        save_checkpoint(w.engine, w.model, w.tokenizer, state, cfg, w.rank, last, w.config.get("run_storage"))
     return {**last, "step": state.step, "samples": state.samples}

@@ -34,6 +34,8 @@ STATE_FILE = "search.json"
 # request, so the bundle holds a little memory.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 TRIAL_FILE = "trial.json"
+# The final report's key holding the trial's record (JSON); the search writes it to trials/<id>/trial.json.
+RECORD_KEY = "hbt_trial_record"
 
 
 # ---------------------------------------------------------------------------
@@ -100,8 +102,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], search_dir: str, 
     tracker.log_artifact(out / "eval-dev" / "metrics.json", "eval-dev")
     record = {"trial_id": trial_id, "run_name": run_name, "params": config, "metrics": final,
               "model_dir": trained["model_dir"], "mlflow_run_id": trained["mlflow_run_id"], "trial_dir": str(out)}
-    (out / TRIAL_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    ray.tune.report(final)
+    # The record travels in the final report: the trial may run on a node whose disk the search never sees.
+    ray.tune.report({**final, RECORD_KEY: json.dumps(record, default=str)})
 
 
 def trial_dirname(trial) -> str:
@@ -210,10 +212,10 @@ def max_concurrent_trials(cfg: HBTConfig) -> int:
         return n
     res = ray.cluster_resources()
     r = cfg.ray
-    per_trial_cpu = max(r.num_workers * r.cpus_per_worker + 1.0, (cfg.eval.num_encoders if cfg.eval.num_encoders != "auto" else 1) * cfg.eval.cpus_per_encoder)
+    per_trial_cpu = max(r.max_workers * r.cpus_per_worker + 1.0, (cfg.eval.num_encoders if cfg.eval.num_encoders != "auto" else 1) * cfg.eval.cpus_per_encoder)
     fit = int(res.get("CPU", 0) // per_trial_cpu)
     if r.use_gpu and r.gpus_per_worker:
-        fit = min(fit, int(res.get("GPU", 0) // (r.num_workers * r.gpus_per_worker)))
+        fit = min(fit, int(res.get("GPU", 0) // (r.max_workers * r.gpus_per_worker)))
     fit = max(1, fit)
     if n > fit:
         warnings.warn(f"tune.max_concurrent_trials={n} does not fit this local Ray ({res.get('CPU', 0):g} CPUs, "
@@ -258,7 +260,13 @@ def _rows(results, search_dir: Path, keys: list[str]) -> list[TrialRow]:
     for res in results:
         trial_id = Path(res.path).name
         rec_f = search_dir / "trials" / trial_id / TRIAL_FILE
-        rec = json.loads(rec_f.read_text(encoding="utf-8")) if rec_f.exists() else {}
+        reported = (res.metrics or {}).get(RECORD_KEY)
+        if reported:
+            rec = json.loads(reported)
+            rec_f.parent.mkdir(parents=True, exist_ok=True)
+            rec_f.write_text(json.dumps(rec, indent=2), encoding="utf-8")
+        else:
+            rec = json.loads(rec_f.read_text(encoding="utf-8")) if rec_f.exists() else {}
         params = {k: (res.config or {}).get(k) for k in keys}  # None for a trial that never started
         metrics = rec.get("metrics") or _numeric(res.metrics or {})
         if res.error is not None:

@@ -1,0 +1,66 @@
+"""Which checkpoint a restarted run continues from: the newest one every rank finished writing.
+
+Ray Train registers a reported checkpoint when its controller next polls the
+workers. A node lost between a report and that poll leaves a checkpoint that is
+written in full but unknown to Ray, and Ray restarts from the one before.
+hbt names each checkpoint by its step and, once every rank has uploaded its
+files, writes a marker into it; a restart takes the newest marked checkpoint in
+the run's storage, or Ray's when it is newer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+COMPLETE_MARKER = "hbt_complete.json"
+_NAME = re.compile(r"^checkpoint_step(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """The checkpoint folder of a step (sorts by step)."""
+    return f"checkpoint_step{step:08d}"
+
+
+def _filesystem(ref: str):
+    """(pyarrow filesystem, path) of a storage URI or a local path."""
+    from pyarrow import fs
+
+    if "://" in ref:
+        return fs.FileSystem.from_uri(ref)
+    return fs.LocalFileSystem(), str(Path(ref).resolve())
+
+
+def mark_complete(run_storage: str, step: int) -> None:
+    """Writes the marker of the step's checkpoint (rank 0, after every rank's upload)."""
+    filesystem, root = _filesystem(run_storage)
+    with filesystem.open_output_stream(f"{root}/{checkpoint_name(step)}/{COMPLETE_MARKER}") as f:
+        f.write(json.dumps({"step": step}).encode())
+
+
+def latest_complete(run_storage: str) -> int | None:
+    """The step of the newest marked checkpoint in the run's storage folder, or None."""
+    from pyarrow import fs
+
+    filesystem, root = _filesystem(run_storage)
+    if filesystem.get_file_info(root).type != fs.FileType.Directory:
+        return None
+    steps = []
+    for info in filesystem.get_file_info(fs.FileSelector(root, recursive=False)):
+        m = _NAME.match(info.base_name)
+        if m and info.type == fs.FileType.Directory and \
+                filesystem.get_file_info(f"{info.path}/{COMPLETE_MARKER}").type == fs.FileType.File:
+            steps.append(int(m.group(1)))
+    return max(steps, default=None)
+
+
+def download(run_storage: str, step: int, dest: str | Path) -> Path:
+    """Copies the step's checkpoint into ``dest`` (a folder of this process's own), returns it."""
+    from pyarrow import fs
+
+    filesystem, root = _filesystem(run_storage)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    fs.copy_files(f"{root}/{checkpoint_name(step)}", str(dest), source_filesystem=filesystem,
+                  destination_filesystem=fs.LocalFileSystem())
+    return Path(dest)
