@@ -1,0 +1,149 @@
+"""hbt's jobs on a simulated cluster whose worker nodes share no disk with the head.
+
+The head (0 CPUs) runs the job drivers, an MLflow server and moto's S3 server;
+each worker node has 1 CPU, its own mount namespace with a private tmpfs over
+the head's folders, and its own 127.0.0.x address (tests/cluster/harness.py).
+A path handed from one node to another therefore names nothing there: every
+hand-off must go through the storage, the MLflow server or Ray's objects.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hbt.config import PROJECT_ROOT
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow server on the head (sqlite backend, artifacts on the head's disk)."""
+    head = tmp_path / "head"
+    head.mkdir(exist_ok=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{head / 'mlflow.db'}", "--artifacts-destination", str(head / "mlartifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow-server.log", "wb"), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError((tmp_path / "mlflow-server.log").read_text()[-2000:])
+            time.sleep(1)
+    try:
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _submit(cluster, entrypoint: str, timeout_s: float = 600) -> str:
+    """Runs ``entrypoint`` with ``ray job submit``'s API on the cluster; returns its logs (asserts success)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard_url)
+    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
+                   # The benchmarks are mounted at the same path on every node (cluster.yaml's file_mounts).
+                   "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}}
+    give_up = time.time() + 120
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:  # a fresh head's job agent takes a few seconds to register
+            if "No available agent" not in str(e) or time.time() > give_up:
+                raise
+            time.sleep(2)
+    deadline = time.time() + timeout_s
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    return logs
+
+
+def _train_worker_nodes(cluster) -> set[str]:
+    """The node IPs Ray Train's workers ran on (dead actors included)."""
+    from ray.util.state import list_actors, list_nodes
+
+    ips = {n.node_id: n.node_ip for n in list_nodes(address=cluster.dashboard_url, limit=100)}
+    actors = list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
+                         detail=True, limit=1000)
+    return {ips[a.node_id] for a in actors if a.node_id in ips}
+
+
+def test_study_job_on_isolated_nodes_reports_on_the_head(tmp_path, sim_cluster, s3_server, mlflow_server,
+                                                         monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from hbt.model.tiny import build_tiny_model
+
+    head = tmp_path / "head"
+    model = build_tiny_model(head / "base-model")  # on the head's disk only
+    cluster = sim_cluster(head_dirs=[head], workers=[{"cpus": 1}, {"cpus": 1}], env=s3_server.env)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    overrides = [
+        f"output_dir={head / 'out'}", f"model.name_or_path={model}", "run_name=cl-study",
+        f"tracking.uri={mlflow_server}", f"ray.storage_path={s3_server.uri()}",
+        # One CPU per worker and per node: the two Train workers must sit on different nodes.
+        "ray.num_workers=2", "ray.cpus_per_worker=1",
+        "data.languages=[en,de]", "eval.languages=[en,de]", "data.max_questions=16",
+        "batching.global_batch_size=4", "train.max_steps=2", "train.warmup_steps=0", "train.log_every=1",
+        "model.max_passage_length=32", "model.max_query_length=16", "model.freeze_embeddings=false",
+        "eval.max_questions=8", "eval.max_length=32", "eval.tatoeba_languages=[deu]",
+        "eval.benchmarks=[xquad_r,tatoeba]", "eval.num_encoders=1",
+        "study.bootstrap_samples=200", "study.seeds=[0]", "study.strategies=[x_y,hbt]",
+        "study.domain_shift_endpoints=[tatoeba/xx-eng/acc@1]",
+    ]
+    logs = _submit(cluster, "python -m ray_jobs.study --config configs/local.yaml " + " ".join(map(shlex.quote, overrides)))
+
+    out = head / "out" / "cl-study"
+    report = json.loads((out / "report.json").read_text())
+    assert report["answer"] in logs
+    pace = json.loads((out / "training_pace.json").read_text())
+    assert set(pace) == {"x_y-s0", "hbt-s0"} and all(p.get("pairs_per_s", 0) > 0 for p in pace.values()), pace
+    assert "data wait over 2 training runs" in logs
+    for tag in pace:
+        run_dir = out / "runs" / f"cl-study-{tag}"
+        result = json.loads((run_dir / "result.json").read_text())
+        # Full URIs: the scheme, bucket and endpoint, so any node (or a laptop) can open them.
+        assert result["model_dir"].startswith("s3://hbt/") and "endpoint_override=" in result["model_dir"]
+        assert result["checkpoint"].startswith("s3://hbt/") and "endpoint_override=" in result["checkpoint"]
+        steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2]
+    assert _train_worker_nodes(cluster) == set(cluster.worker_ips)
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("hbt")
+    train_runs = client.search_runs([exp.experiment_id], "tags.`hbt.kind` = 'train'")
+    assert len(train_runs) == 2 and all(r.info.status == "FINISHED" for r in train_runs)
+    for run in train_runs:  # rank 0's step metrics, logged from a worker node, on the head's server
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [1, 2]
+    # One store: the server's. No run opened a sqlite file of its own anywhere on the head.
+    assert [p.relative_to(head) for p in head.rglob("mlflow.db")] == [Path("mlflow.db")]
