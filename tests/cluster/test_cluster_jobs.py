@@ -147,3 +147,73 @@ def test_study_job_on_isolated_nodes_reports_on_the_head(tmp_path, sim_cluster, 
         assert [m.step for m in history] == [1, 2]
     # One store: the server's. No run opened a sqlite file of its own anywhere on the head.
     assert [p.relative_to(head) for p in head.rglob("mlflow.db")] == [Path("mlflow.db")]
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) of every logged window, in the order logged (a resumed run logs some steps twice)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def _train_until_killed(cluster, s3_server, args: list[str], run_name: str, kill: int, after_step: int):
+    """Starts ``hbt train`` on the cluster; once checkpoint ``after_step`` is marked whole, kills worker
+    node ``kill``'s raylet. Returns (the running process, the newest whole checkpoint at the kill)."""
+    from hbt.train.checkpoints import latest_complete
+
+    log = open(cluster.tmp_root / f"{run_name}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt.cli", "train", *args, f"run_name={run_name}"],
+                            env=cluster.driver_env(**s3_server.env), cwd=PROJECT_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
+    run_storage = s3_server.uri(f"runs/{run_name}")
+    deadline = time.time() + 300
+    while (latest_complete(run_storage) or 0) < after_step:
+        assert proc.poll() is None and time.time() < deadline, (cluster.tmp_root / f"{run_name}.log").read_text()[-3000:]
+        time.sleep(0.2)
+    marked = latest_complete(run_storage)
+    cluster.kill_worker(kill, raylet_only=True, wait_dead=False)
+    return proc, marked
+
+
+def test_lost_nodes_resume_from_the_last_whole_checkpoint_and_elastic_runs_go_on_with_fewer(
+        tmp_path, sim_cluster, s3_server, mlflow_server, monkeypatch):
+    from hbt.model.tiny import build_tiny_model
+
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    head = tmp_path / "head"
+    # No dropout: the masks are drawn per worker, so only a dropout-free model has one loss curve
+    # for every worker count (the gather across workers is exact).
+    model = build_tiny_model(head / "nodrop", dropout=0.0)
+    cluster = sim_cluster(head_dirs=[head], workers=[{"cpus": 1}, {"cpus": 1}], env=s3_server.env)
+    args = ["-c", "configs/local.yaml", f"output_dir={head / 'out'}", f"model.name_or_path={model}",
+            f"tracking.uri={mlflow_server}", f"ray.storage_path={s3_server.uri()}", "ray.cpus_per_worker=1",
+            "data.languages=[en,de]", "data.max_questions=32", "batching.global_batch_size=4",
+            "model.max_passage_length=32", "model.max_query_length=16", "model.freeze_embeddings=false",
+            "train.max_steps=12", "train.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=3",
+            "train.lr=1e-3", "train.precision=fp32"]
+
+    # A fixed-size run loses a node after a checkpoint; a new node comes, and the run resumes from it.
+    proc, fixed_k = _train_until_killed(cluster, s3_server, [*args, "ray.num_workers=2"], "fixed", 1, 3)
+    cluster.add_worker(cpus=1)
+    assert proc.wait(timeout=600) == 0, (cluster.tmp_root / "fixed.log").read_text()[-3000:]
+    fixed_log = (cluster.tmp_root / "fixed.log").read_text()
+    assert f"resumed from checkpoint at step {fixed_k} " in fixed_log, fixed_log[-3000:]
+    fixed = _losses(head / "out" / "fixed")
+    by_step: dict[int, list[float]] = {}
+    for step, loss in fixed:
+        by_step.setdefault(step, []).append(loss)
+    # Steps trained both before the loss and after the resume came out the same both times.
+    redone = {s: v for s, v in by_step.items() if len(v) > 1}
+    assert all(max(v) - min(v) < 1e-5 for v in redone.values()), redone
+    assert sorted(by_step) == list(range(1, 13))
+
+    # An elastic run loses a node and none comes: it goes on with one worker, on the same global batches.
+    proc, elastic_k = _train_until_killed(cluster, s3_server, [*args, "ray.num_workers=[1,2]"], "elastic", 0, 3)
+    assert proc.wait(timeout=600) == 0, (cluster.tmp_root / "elastic.log").read_text()[-3000:]
+    elastic_log = (cluster.tmp_root / "elastic.log").read_text()
+    assert f"resumed from checkpoint at step {elastic_k} " in elastic_log
+    elastic = dict(_losses(head / "out" / "elastic"))  # the last loss logged for each step
+    assert sorted(elastic) == list(range(1, 13))
+    for step in range(1, 13):
+        assert elastic[step] == pytest.approx(by_step[step][-1], abs=1e-5), step
+    assert len(cluster.alive_node_ips()) == 2  # the head and one worker: it finished on one worker
