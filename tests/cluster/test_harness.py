@@ -20,7 +20,7 @@ from tests.cluster.harness import (
     SimCluster,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _result(proc: subprocess.CompletedProcess[str]) -> Any:
