@@ -149,9 +149,24 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+class HbtArgumentParser(argparse.ArgumentParser):
+    """argparse with hbt's usage errors: one ``error:`` line, the password of any URI it quotes replaced by ``***``.
+
+    ``hbt: error: unrecognized arguments: tracking.uri=http://user:pass@host`` would
+    print the password; subparsers are built with this class too (argparse's
+    ``parser_class`` defaults to the parent's type).
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        from hbt.config import redact_text
+
+        text = " ".join(redact_text(message).split())
+        self.exit(2, f"error: {self.prog}: {text} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``hbt`` and its subcommands."""
-    parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers on Ray.")
+    parser = HbtArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers on Ray.")
     parser.add_argument("--version", action="version", version=f"hbt {_version()}")
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="print warnings and the final result only")

@@ -68,6 +68,162 @@ class ConfigError(HbtError, ValueError):
     """A config that cannot be used; the message names the offending key."""
 
 
+# -- files hbt writes and reads back ---------------------------------------------------------------
+
+
+class DamagedFileError(HbtError, ValueError):
+    """A file hbt wrote (a result, a state, a report, a model file) that cannot be read back.
+
+    Cut short by a crash, a full disk or a broken copy. The message is one line:
+    the file (and line for JSON), what it is, the problem, and what to do.
+    """
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def damaged_file(path: str | os.PathLike, what: str, problem: Any, hint: str = "",
+                 where: str = "") -> DamagedFileError:
+    """``PATH[:LINE:COL]: damaged or truncated WHAT (PROBLEM); HINT`` as a :class:`DamagedFileError`.
+
+    Args:
+        path: the file.
+        what: what the file is (``the evaluation's per-query scores``).
+        problem: the reader's complaint (an exception or text; folded onto one line).
+        hint: what to do (``delete it to ...``).
+        where: ``:LINE:COL`` when the reader knows the place.
+    """
+    msg = f"{path}{where}: damaged or truncated {what} ({_one_line(problem) or 'unreadable'})"
+    return DamagedFileError(msg + (f"; {hint}" if hint else ""))
+
+
+def read_json_file(path: str | os.PathLike, what: str, hint: str = "", expect: type | None = dict,
+                   name: str | None = None) -> Any:
+    """The JSON value of a file hbt wrote, or a one-line :class:`HbtError` naming the file.
+
+    Args:
+        path: the file.
+        what: what it is, for the message.
+        hint: what to do about a damaged file (appended to the message).
+        expect: the type the top level must have (``dict``, ``list``; None: any).
+        name: how messages name the file (default ``path``; e.g. its place in storage
+            when ``path`` is a temporary copy).
+
+    Raises:
+        DamagedFileError: empty, not UTF-8, not JSON (the message gives line and column)
+            or not of type ``expect``.
+        HbtError: the file cannot be read at all (missing, a directory, no permission).
+    """
+    shown = name or path
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise HbtError(f"{shown}: cannot read {what}: {e.strerror or _one_line(e)}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise damaged_file(shown, what, f"not UTF-8 at byte {e.start}", hint) from None
+    if not text.strip():
+        raise damaged_file(shown, what, "empty file", hint) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise damaged_file(shown, what, f"not valid JSON: {e.msg}", hint, where=f":{e.lineno}:{e.colno}") from None
+    except RecursionError:
+        raise damaged_file(shown, what, "not valid JSON: nested too deeply", hint) from None
+    if expect is not None and not isinstance(value, expect):
+        names = {dict: "an object", list: "an array"}
+        raise damaged_file(shown, what, f"expected {names.get(expect, expect.__name__)} at the top level, "
+                           f"got {type(value).__name__}", hint) from None
+    return value
+
+
+def read_npz_file(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, Any]:
+    """Every array of an ``.npz`` file hbt wrote, read eagerly, or a one-line :class:`HbtError` naming the file.
+
+    Raises:
+        DamagedFileError: empty, cut short, or an array in it that does not decompress.
+        HbtError: the file cannot be read at all.
+    """
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        problem = "is a directory" if p.is_dir() else "no such file"
+        raise HbtError(f"{path}: cannot read {what}: {problem}")
+    if p.stat().st_size == 0:
+        raise damaged_file(path, what, "empty file", hint)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise damaged_file(path, what, e, hint) from None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class atomic_path:  # noqa: N801  (used as a context manager, like open)
+    """``with atomic_path(path) as tmp:`` write ``tmp``; when the block ends without an error it replaces
+    ``path`` in one step (``os.replace``), else it is removed.
+
+    ``tmp`` lies in ``path``'s folder (so the rename never crosses filesystems) and keeps
+    its suffix (``np.savez`` and others add one otherwise). A crash mid-write leaves at
+    most a hidden ``.NAME.tmp-…`` file: a half-written file is never found under the
+    name readers look for.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import secrets
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{self.path.suffix}")
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                _fsync_file(self.tmp)
+                os.replace(self.tmp, self.path)
+                return
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` whole or not at all (see :class:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Writes ``text`` to ``path`` whole or not at all (see :class:`atomic_path`)."""
+    write_bytes_atomic(path, text.encode(encoding))
+
+
+def savez_atomic(path: str | os.PathLike, **arrays: Any) -> None:
+    """``np.savez_compressed(path, **arrays)``, whole or not at all (see :class:`atomic_path`)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: every float field (and float dict values) must be finite (`lr: .inf` fails, naming the key).
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -582,20 +738,54 @@ def data_path_keys(cfg: HBTConfig) -> list[tuple[str, str]]:
     return [(k, p) for k, p in items if p]
 
 
+# What each data format reads: a folder, or a file or a folder of files with these endings.
+DATA_FORMAT_FILES: dict[str, tuple[str, ...] | None] = {
+    "xquad": None, "mmarco_tsv": None, "jsonl": (".jsonl", ".jsonl.gz"), "grouped_jsonl": (".jsonl", ".jsonl.gz"),
+    "parquet": (".parquet",)}
+# What a folder of each kind holds, for the messages.
+_FOLDER_OF = {"data.path:xquad": "a folder of <lang>.json files", "data.path:mmarco_tsv": "a folder with qrels.tsv, "
+              "queries/ and collection/", "eval.xquad_r_path": "a folder of <lang>.json files",
+              "eval.mlqa_r_path": "a folder of <lang>.json files", "eval.tatoeba_path": "a folder of tatoeba.* files",
+              "eval.miracl_path": "a folder of miracl-v1.0-<lang> and miracl-corpus-v1.0-<lang> folders"}
+
+
+def _holds_files(folder: str, endings: tuple[str, ...]) -> bool:
+    """Whether any file under ``folder`` ends in one of ``endings`` (stops at the first)."""
+    return any(name.endswith(endings) for _, _, names in os.walk(folder) for name in names)
+
+
+def _check_path_kind(key: str, path: str, resolved: str, data_format: str) -> None:
+    """A local path is of the kind its key reads: a folder, or (data.path of jsonl/parquet) a file or a folder of them."""
+    shown = path if resolved == path else f"{path} (found at {resolved})"
+    endings = DATA_FORMAT_FILES.get(data_format) if key == "data.path" else None
+    if endings is not None:
+        if os.path.isdir(resolved) and not _holds_files(resolved, endings):
+            raise ValueError(f"{key}: {shown} is a folder with no {'/'.join(endings)} files in it "
+                             f"(data.format {data_format} reads one such file or a folder of them)")
+        return
+    if not os.path.isdir(resolved):
+        label = _FOLDER_OF.get(f"{key}:{data_format}" if key == "data.path" else key, "a folder")
+        reader = f"data.format {data_format} reads" if key == "data.path" else "it must be"
+        raise ValueError(f"{key}: {shown} is a file, not a folder; {reader} {label}")
+
+
 def _check_local_paths(cfg: HBTConfig) -> None:
-    """Every configured local data path exists (URIs, fetchable benchmark folders and other machines' paths aside)."""
+    """Every configured local data path exists and is of its kind, a file or a folder (URIs, missing fetchable
+    benchmark folders and other machines' paths aside)."""
     if not paths_are_local(cfg):
         return
     for key, path in data_path_keys(cfg):
         if "://" in path:
             continue
-        fetchable = Path(path.rstrip("/")).name in FETCHABLE_FOLDERS and (key != "data.path" or cfg.data.format == "xquad")
-        if fetchable:
-            continue  # missing: ensure_data names the fetch command
         resolved = resolve_path(path)
         if not os.path.exists(resolved):
+            fetchable = Path(path.rstrip("/")).name in FETCHABLE_FOLDERS and (
+                key != "data.path" or cfg.data.format == "xquad")
+            if fetchable:
+                continue  # missing: ensure_data names the fetch command
             where = path if resolved == path else f"{path} (looked for {resolved})"
             raise ValueError(f"{key}: no such file or directory: {where}")
+        _check_path_kind(key, path, resolved, cfg.data.format)
 
 
 def on_cluster(cfg: HBTConfig) -> bool:
@@ -677,23 +867,25 @@ def _check_languages_in_data(cfg: HBTConfig) -> None:
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """One line: ``invalid config (SOURCE): KEY: PROBLEM; KEY: PROBLEM``."""
+    problems = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        # A cross-field rule (no location) names its keys itself.
+        problems.append(f"{key}: {_one_line(msg)}" if key else _one_line(msg))
+    return f"invalid config ({source}): " + "; ".join(problems)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form a.b=c")
+        raise ConfigError(f"override {redact_text(item)!r} is not of the form a.b=c")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {item!r} has an empty key")
+        raise ConfigError(f"override {redact_text(item)!r} has an empty key")
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
@@ -713,7 +905,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+                raise ConfigError(f"override {redact_text(item)!r}: {p!r} is not a section")
             node = nxt
         node[parts[-1]] = value
     return tree
@@ -728,7 +920,16 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(_yaml_error(path, e)) from None
+
+
+def _yaml_error(path: str | os.PathLike, err: yaml.YAMLError) -> str:
+    """``FILE:LINE:COL: not valid YAML: PROBLEM`` (one line; lines and columns count from 1)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    problem = ", ".join(_one_line(x) for x in parts if x) or _one_line(err)
+    return f"{path}{where}: not valid YAML: {problem}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> HBTConfig:
@@ -780,10 +981,8 @@ def check_at_load(cfg: HBTConfig, source: str = "config") -> None:
             check()
         except ValueError as e:
             problems.append(str(e))
-    if len(problems) == 1:
-        raise ConfigError(f"invalid config ({source}): {problems[0]}")
     if problems:
-        raise ConfigError("\n".join([f"invalid config ({source}):", *(f"  {p}" for p in problems)]))
+        raise ConfigError(f"invalid config ({source}): " + "; ".join(_one_line(p) for p in problems))
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "dict") -> HBTConfig:
@@ -828,6 +1027,16 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# A URI inside free text (an argument list, an error message): up to a space or a quote.
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it passed through :func:`redact_uri` (messages that quote arguments)."""
+    text = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+    return _USERINFO.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+
+
 def _redacted(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _redacted(v) for k, v in tree.items()}
@@ -843,7 +1052,7 @@ def dump_config(cfg: HBTConfig, path: str | os.PathLike) -> None:
     environment (``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``, ``AWS_*``), not in a URI.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(_redacted(cfg.model_dump(mode="json")), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(_redacted(cfg.model_dump(mode="json")), sort_keys=False))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

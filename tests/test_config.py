@@ -354,3 +354,137 @@ def test_elastic_worker_counts_are_checked_against_the_global_batch():
         load_config(None, ["ray.num_workers=[1,2]", "deepspeed.zero_stage=2"])
     with pytest.raises(ConfigError, match="ray.num_workers"):
         load_config(None, ["ray.num_workers=[2,1]"])
+
+
+# -- paths of the wrong kind, one-line errors, files written whole, usage errors without secrets --------------
+
+
+def _kinds(tmp_path):
+    a_file = tmp_path / "a.json"
+    a_file.write_text("{}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return a_file, empty
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["data.format=xquad", "data.path={file}"], "data.path"),
+    (["data.format=mmarco_tsv", "data.path={file}", "data.languages=[en,de]"], "data.path"),
+    (["data.format=jsonl", "data.path={dir}", "data.languages=[en,de]"], "data.path"),
+    (["data.format=parquet", "data.path={dir}", "data.languages=[en,de]"], "data.path"),
+    (["eval.xquad_r_path={file}"], "eval.xquad_r_path"),
+    (["eval.benchmarks=[mlqa_r]", "eval.mlqa_r_path={file}"], "eval.mlqa_r_path"),
+    (["eval.benchmarks=[tatoeba]", "eval.tatoeba_path={file}"], "eval.tatoeba_path"),
+    (["eval.benchmarks=[miracl]", "eval.miracl_languages=[de]", "eval.miracl_path={file}"], "eval.miracl_path"),
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_cli_validate_refuses_a_path_of_the_wrong_kind(tmp_path, capsys, overrides, key):
+    a_file, empty = _kinds(tmp_path)
+    args = [o.format(file=a_file, dir=empty) for o in overrides]
+    assert main(["config", "validate", str(PROJECT_ROOT / "configs" / "local.yaml"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid config") and f": {key}: " in err and len(err.splitlines()) == 1, err
+
+
+def test_paths_of_the_right_kind_pass(tmp_path):
+    a_file, empty = _kinds(tmp_path)
+    train = tmp_path / "train.jsonl"
+    train.write_text("")
+    (empty / "part-0.jsonl.gz").write_bytes(b"")
+    load_config(None, ["data.format=jsonl", f"data.path={train}", "data.languages=[en,de]"])  # a file
+    load_config(None, ["data.format=jsonl", f"data.path={empty}", "data.languages=[en,de]"])  # a folder of them
+    load_config(None, ["eval.benchmarks=[miracl]", "eval.miracl_languages=[de]", f"eval.miracl_path={tmp_path}"])
+
+
+def test_several_problems_and_schema_errors_are_one_line(tmp_path, capsys):
+    cfg = _write(tmp_path, "train:\n  lr: .inf\n  max_steps: many\nbatching:\n  alhpa: 1\n")
+    assert main(["config", "validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: invalid config ({cfg}): "), err
+    assert "train.lr" in err and "train.max_steps" in err and "batching.alhpa: unknown key" in err
+    with pytest.raises(ConfigError) as e:  # the load checks: every problem, one line
+        load_config(None, ["eval.languages=[xx]", "model.num_layers=13"])
+    assert "\n" not in str(e.value) and "eval.languages" in str(e.value) and "model.num_layers" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # a cross-field rule names its keys without a '<root>' prefix
+        load_config(None, ["batching.global_batch_size=33"])
+    assert str(e.value).startswith("invalid config (defaults): batching.global_batch_size (33)")
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("train:\n  lr: [1e-4\nbatching:\n  alpha: 1\n", ":3:", "expected ',' or ']'"),
+    ("train:\n  lr: 1\n max_steps: 2\n", ":3:2", "expected <block end>"),
+    ('run_name: "x\n', ":2:1", "end of stream"),
+    ("a: b: c\n", ":1:5", "mapping values are not allowed here"),
+], ids=["flow", "indent", "quote", "mapping"])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys, text, where, problem):
+    cfg = _write(tmp_path, text)
+    assert main(["config", "validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {cfg}{where}") and "not valid YAML" in err, err
+    assert problem in err
+
+
+def test_json_files_are_read_or_named_in_one_line(tmp_path):
+    from hbt.config import DamagedFileError, HbtError, read_json_file
+
+    f = tmp_path / "state.json"
+    f.write_text('{"a": [1, 2]}')
+    assert read_json_file(f, "a state") == {"a": [1, 2]}
+    for content, problem in [("", "empty file"), ("  \n", "empty file"), ('{"a": [1,', "not valid JSON"),
+                             ("[1]", "expected an object at the top level, got list")]:
+        f.write_text(content)
+        with pytest.raises(DamagedFileError) as e:
+            read_json_file(f, "a state", "delete it to start again")
+        msg = str(e.value)
+        assert msg.startswith(str(f)) and f"damaged or truncated a state ({problem}" in msg and "\n" not in msg
+        assert msg.endswith("; delete it to start again")
+    f.write_bytes(b'{"a": "caf\xe9"}')
+    with pytest.raises(DamagedFileError, match="not UTF-8 at byte 10"):
+        read_json_file(f, "a state")
+    with pytest.raises(HbtError, match=r"missing.json: cannot read a state: No such file"):
+        read_json_file(tmp_path / "missing.json", "a state")
+    with pytest.raises(HbtError, match=r"cannot read a state: Is a directory"):
+        read_json_file(tmp_path, "a state")
+
+
+def test_atomic_writes_replace_whole_or_leave_the_old_file(tmp_path):
+    import numpy as np
+
+    from hbt.config import atomic_path, read_npz_file, savez_atomic, write_bytes_atomic, write_text_atomic
+
+    f = tmp_path / "report.json"
+    write_text_atomic(f, '{"v": 1}')
+    write_bytes_atomic(f, b'{"v": 2}')
+    assert f.read_text() == '{"v": 2}'
+    with pytest.raises(RuntimeError), atomic_path(f) as tmp:
+        tmp.write_text('{"v": 3, "cut sh')
+        raise RuntimeError("crash mid-write")
+    assert f.read_text() == '{"v": 2}' and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    savez_atomic(tmp_path / "a.npz", x=np.arange(3))  # np.savez adds no second suffix
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "report.json"]
+    assert read_npz_file(tmp_path / "a.npz", "arrays")["x"].tolist() == [0, 1, 2]
+
+
+def test_a_dumped_config_is_written_whole(tmp_path):
+    cfg = load_config(None, [])
+    dump_config(cfg, tmp_path / "run" / "config.yaml")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
+
+
+def test_a_usage_error_is_one_line_without_credentials(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["config", "validate", "x.yaml", "--tracking=http://alice:s3cret@mlflow.example:5000",
+              "--store=s3://b/r?endpoint_override=h&secret_key=abc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "abc" not in err and "http://alice:***@mlflow.example:5000" in err
+    assert len(err.splitlines()) == 1 and err.startswith("error: hbt: unrecognized arguments: "), err
+    with pytest.raises(SystemExit):
+        main(["eval", "--benchmark"])  # a subcommand's own parser: the same class
+    err = capsys.readouterr().err
+    assert err.startswith("error: hbt eval: argument --benchmark: expected one argument") and len(err.splitlines()) == 1
+
+
+def test_an_override_of_the_wrong_form_does_not_echo_a_password():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["tracking.uri:http://alice:s3cret@mlflow.example:5000"])
+    assert "s3cret" not in str(e.value) and "alice:***@" in str(e.value)
