@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hbt.config import HBTConfig
+from hbt.config import HBTConfig, write_text_atomic
 from hbt.eval.runner import evaluate, evaluate_tracked
 from hbt.eval.summary import eval_json, summary_table
 
@@ -62,6 +62,6 @@ def run_eval_job(cfg: HBTConfig, model: str, out_dir: str | None = None, output_
     doc = eval_json(result, model, benchmarks, list(cfg.eval.settings))
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        write_text_atomic(output_json, json.dumps(doc, indent=2))
     return {**doc, "out_dir": str(Path(out_dir).resolve()),
             "table": summary_table(result, benchmarks, list(cfg.eval.settings))}

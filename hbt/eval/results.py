@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hbt.config import read_json_file, read_npz_file, savez_atomic, write_text_atomic
 from hbt.eval.metrics import per_query_key
 
 # per_query.npz stores a key's row labels as "<key>::question" etc. (metric keys hold '@' and '/', never '::').
@@ -50,34 +51,48 @@ class EvalResult:
     units: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Writes ``metrics.json``, ``matrices.json``, ``per_query.npz`` and ``info.json``."""
+        """Writes ``metrics.json``, ``matrices.json``, ``per_query.npz`` and ``info.json``.
+
+        Each file is written whole or not at all (a temporary name, then a rename), and
+        ``metrics.json``, the mark of a finished evaluation, is removed first and written
+        last: an evaluation cut short never looks finished, nor mixes two runs' files.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True), encoding="utf-8")
-        (out / "matrices.json").write_text(json.dumps(self.matrices, indent=2), encoding="utf-8")
-        (out / "info.json").write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
+        texts = {"matrices.json": json.dumps(self.matrices, indent=2),
+                 "info.json": json.dumps(self.info, indent=2, default=str),
+                 "metrics.json": json.dumps(self.metrics, indent=2, sort_keys=True)}  # fails before any write
         arrays = {k: np.asarray(v) for k, v in self.per_query.items()}
         for k, units in self.units.items():
             arrays.update({f"{k}{_UNIT_SEP}{u}": np.asarray(v, dtype=str) for u, v in units.items()})
-        np.savez_compressed(out / "per_query.npz", **arrays)
+        (out / "metrics.json").unlink(missing_ok=True)
+        savez_atomic(out / "per_query.npz", **arrays)
+        for name, text in texts.items():  # metrics.json last
+            write_text_atomic(out / name, text)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "EvalResult":
-        """Reads what :meth:`save` wrote."""
+        """Reads what :meth:`save` wrote.
+
+        Raises:
+            DamagedFileError: a file is empty, cut short or not what :meth:`save` writes (the
+                one-line message names it).
+            HbtError: a file is missing.
+        """
         out = Path(out_dir)
-        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        matrices = json.loads((out / "matrices.json").read_text(encoding="utf-8"))
+        hint = f"run the evaluation again to rewrite {out}"
+        metrics = read_json_file(out / "metrics.json", "evaluation metrics", hint)
+        matrices = read_json_file(out / "matrices.json", "evaluation matrices", hint)
         info_f = out / "info.json"
-        info = json.loads(info_f.read_text(encoding="utf-8")) if info_f.exists() else {}
+        info = read_json_file(info_f, "evaluation info", hint) if info_f.exists() else {}
         per_query: dict[str, np.ndarray] = {}
         units: dict[str, dict[str, np.ndarray]] = {}
-        with np.load(out / "per_query.npz", allow_pickle=False) as z:
-            for k in z.files:
-                key, _, unit = k.partition(_UNIT_SEP)
-                if unit:
-                    units.setdefault(key, {})[unit] = z[k]
-                else:
-                    per_query[key] = z[k]
+        for k, v in read_npz_file(out / "per_query.npz", "per-query scores of an evaluation", hint).items():
+            key, _, unit = k.partition(_UNIT_SEP)
+            if unit:
+                units.setdefault(key, {})[unit] = v
+            else:
+                per_query[key] = v
         return cls(metrics, per_query, matrices, info, units)
 
 

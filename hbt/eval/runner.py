@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import HBTConfig, dump_config
+from hbt.config import HBTConfig, dump_config, redact_uri, write_text_atomic
 from hbt.eval.benchmarks import BenchmarkError
 from hbt.eval.registry import spec
 from hbt.eval.results import Collector, EvalResult
@@ -249,9 +249,9 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
     cfg = prepare_eval(cfg, out)  # the params record the concrete `auto` choices
     tracker = tracker_for(cfg, run_name, out, parent_run_id,
                           tags={"hbt.stage": "eval", "hbt.model_dir": str(model_dir), **(tags or {})})
-    (out / "mlflow_run.json").write_text(
-        json.dumps({"run_id": tracker.run_id, "tracking_uri": tracker.uri}, indent=2), encoding="utf-8"
-    )
+    # The URI without its password: run folders are shared and copied around.
+    write_text_atomic(out / "mlflow_run.json", json.dumps(
+        {"run_id": tracker.run_id, "tracking_uri": redact_uri(tracker.uri) if tracker.uri else None}, indent=2))
     tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir), "eval_split": split})
     try:
         result = evaluate(cfg, model_dir, str(out), split=split, benches=benches)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.config import HBTConfig
+from hbt.config import HBTConfig, atomic_path
 from hbt.eval.benchmarks import AdhocBenchmark, BitextBenchmark, QABenchmark
 from hbt.eval.search import make_index
 from hbt.eval.metrics import (
@@ -177,7 +177,7 @@ def score_miracl(benches: list[AdhocBenchmark], embs: list[tuple[np.ndarray, np.
 def _write_trec_run(path: Path, b: AdhocBenchmark, scores: np.ndarray, ids: np.ndarray) -> None:
     """The top-k as a TREC run file, so trec_eval / pyserini can re-check the numbers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, qid in enumerate(b.query_ids):
             for r, (s, j) in enumerate(zip(scores[i], ids[i])):
                 if j >= 0:

@@ -102,3 +102,28 @@ def test_miracl_qrels_naming_a_missing_document_through_the_cli(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
     assert "qrels.miracl-v1.0-de-dev.tsv" in lines[0] and "line 5" in lines[0] and "gone#3" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_reaches_no_file_and_no_output(tiny_model_dir, tmp_path):
+    """A real (tiny) ``hbt eval`` with ``tracking.uri=http://user:secret@…`` (a dead server): neither a file it
+    writes under output_dir or --out or --output, nor its stdout/stderr, holds the password."""
+    import os
+
+    runs, res, summary = tmp_path / "runs", tmp_path / "res", tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "eval", "--model", str(tiny_model_dir), "--benchmark", "tatoeba",
+         "--langs", "deu", "--out", str(res), "--output", str(summary), f"output_dir={runs}",
+         "tracking.uri=http://user:secret@127.0.0.1:9", "eval.max_questions=20", "eval.num_encoders=1",
+         "eval.precision=fp32", "eval.batch_size=32"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "secret" not in proc.stdout + proc.stderr
+    assert "user:***@127.0.0.1:9" in proc.stderr  # the tracking warning names the server, without the password
+    written = [p for root in (runs, res) if root.exists() for p in root.rglob("*") if p.is_file()] + [summary]
+    assert {"mlflow_run.json", "config.yaml", "params.json", "metrics.json"} <= {p.name for p in written}
+    leaks = [str(p) for p in written if b"secret" in p.read_bytes()]
+    assert not leaks, leaks
+    assert json.loads((res / "mlflow_run.json").read_text())["tracking_uri"] == "http://user:***@127.0.0.1:9"
