@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hbt.config import atomic_path, read_json_file, write_text_atomic
 from hbt.model.card import TrainingFacts, render_model_card
 from hbt.model.metadata import (
     ST_CONFIG_FILE,
@@ -98,7 +99,7 @@ class Dense(nn.Module):
         Raises:
             ModelFormatError: options hbt cannot apply (a residual, other input names) or no weights.
         """
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        cfg = read_json_file(path / "config.json", "Dense module config", "copy or save the model again")
         if cfg.get("use_residual"):
             raise ModelFormatError(f"{path}: Dense with use_residual is not supported by hbt")
         for key in ("module_input_name", "module_output_name"):
@@ -122,8 +123,9 @@ class Dense(nn.Module):
         from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
+        write_text_atomic(path / "config.json", json.dumps(self.config(), indent=2))
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
 
 
 class BiEncoder(nn.Module):
@@ -217,9 +219,10 @@ def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: 
         i = len(modules)
         modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize", "type": "sentence_transformers.models.Normalize"})
         (out / f"{i}_Normalize").mkdir(exist_ok=True)
-    (out / ST_MODULES_FILE).write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    write_text_atomic(out / ST_MODULES_FILE, json.dumps(modules, indent=2))
     (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(
+    write_text_atomic(
+        out / "1_Pooling" / "config.json",
         json.dumps(
             {
                 "word_embedding_dimension": hidden,
@@ -230,18 +233,15 @@ def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: 
             },
             indent=2,
         ),
-        encoding="utf-8",
     )
-    (out / ST_TRANSFORMER_FILE).write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), encoding="utf-8"
-    )
-    (out / ST_CONFIG_FILE).write_text(
+    write_text_atomic(out / ST_TRANSFORMER_FILE, json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    write_text_atomic(
+        out / ST_CONFIG_FILE,
         json.dumps(
             {"prompts": {ST_QUERY_PROMPT: meta.query_prefix, ST_DOCUMENT_PROMPT: meta.passage_prefix},
              "default_prompt_name": None, "similarity_fn_name": "cosine", "model_type": "SentenceTransformer"},
             indent=2,
         ),
-        encoding="utf-8",
     )
 
 
@@ -334,7 +334,8 @@ def _is_bert(model_dir: str | os.PathLike) -> bool:
     cfg = Path(model_dir, "config.json")
     if not cfg.exists():
         return False
-    return json.loads(cfg.read_text()).get("model_type") in ("bert", "xlm-roberta", "roberta")
+    model_cfg = read_json_file(cfg, "model config", "copy or save the model again")
+    return model_cfg.get("model_type") in ("bert", "xlm-roberta", "roberta")
 
 
 @torch.inference_mode()

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hbt.config import HbtError
+from hbt.config import HbtError, read_json_file, write_text_atomic
 
 METADATA_FILE = "hbt_encoder.json"
+# What to do about a damaged file of a model folder.
+_HINT = "copy or save the model again"
 ST_MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "config_sentence_transformers.json"
 ST_TRANSFORMER_FILE = "sentence_bert_config.json"
@@ -63,7 +65,7 @@ class EncoderMetadata:
 
 def write_metadata(model_dir: str | os.PathLike, meta: EncoderMetadata) -> None:
     """Writes ``hbt_encoder.json`` into a checkpoint dir."""
-    Path(model_dir, METADATA_FILE).write_text(json.dumps(asdict(meta), indent=2), encoding="utf-8")
+    write_text_atomic(Path(model_dir, METADATA_FILE), json.dumps(asdict(meta), indent=2))
 
 
 def read_metadata(model_dir: str | os.PathLike) -> EncoderMetadata:
@@ -78,7 +80,7 @@ def read_metadata(model_dir: str | os.PathLike) -> EncoderMetadata:
     """
     path = Path(model_dir, METADATA_FILE)
     if path.exists():
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json_file(path, "hbt encoder metadata", _HINT)
         meta = EncoderMetadata(**{k: v for k, v in raw.items() if k in EncoderMetadata.__dataclass_fields__})
     elif Path(model_dir, ST_MODULES_FILE).exists():
         meta = read_sentence_transformers_metadata(model_dir)
@@ -94,7 +96,7 @@ def read_modules(model_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(model_dir, ST_MODULES_FILE)
     if not path.exists():
         return []
-    return sorted(json.loads(path.read_text(encoding="utf-8")), key=lambda m: m["idx"])
+    return sorted(read_json_file(path, "sentence-transformers module list", _HINT, expect=list), key=lambda m: m["idx"])
 
 
 def module_kind(entry: dict[str, Any]) -> str:
@@ -149,4 +151,4 @@ def _pooling_mode(cfg: dict[str, Any], where: Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return read_json_file(path, "sentence-transformers config", _HINT) if path.exists() else {}

@@ -141,6 +141,109 @@ def publish_model(source_fs, source_path: str, uri: str) -> None:
         raise ModelNotFoundError(f"{uri}: cannot write the trained model there ({e})") from None
 
 
+# JSON files larger than this are checked for a cut-off end only (tokenizer.json runs to 17 MB).
+_JSON_PARSE_MAX = 1 << 20
+# Files that are never empty in a saved model.
+_NON_EMPTY = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model")
+
+
+def _safetensors_problem(f: Path, size: int) -> str | None:
+    """Why a ``.safetensors`` file is not whole, or None: the 8-byte header length, the JSON header,
+    and the tensors' byte ranges against the file's size (what ``safetensors.safe_open`` checks)."""
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n > size - 8:
+            return f"the header is {n} bytes long but only {size - 8} bytes follow"
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, RecursionError) as e:
+            return f"the header is not JSON: {e}"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "the header lists a tensor without data_offsets"
+    if 8 + n + end != size:
+        return f"the tensors need {8 + n + end} bytes, the file has {size}"
+    return None
+
+
+def _model_file_problem(f: Path) -> str | None:
+    """Why one file of a saved model is damaged or cut short, or None."""
+    size = f.stat().st_size
+    if size == 0:
+        return "empty file" if f.name.endswith(_NON_EMPTY) else None
+    if f.suffix == ".safetensors":
+        return _safetensors_problem(f, size)
+    if f.suffix == ".json":
+        if size > _JSON_PARSE_MAX:
+            with open(f, "rb") as fh:
+                fh.seek(max(0, size - 64))
+                tail = fh.read().rstrip()
+            return None if tail.endswith((b"}", b"]")) else "cut short: it does not end its JSON"
+        try:
+            json.loads(f.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            return "not UTF-8"
+        except json.JSONDecodeError as e:
+            return f"not valid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        except RecursionError:
+            return "not valid JSON: nested too deeply"
+        return None
+    if f.suffix in (".bin", ".pt", ".pth"):
+        import zipfile
+
+        with open(f, "rb") as fh:
+            zipped = fh.read(2) == b"PK"  # torch.save's zip format (the legacy pickle format is not checked)
+        if zipped:
+            try:
+                with zipfile.ZipFile(f):
+                    pass
+            except (zipfile.BadZipFile, OSError) as e:
+                return f"cut short: {e}"
+    return None
+
+
+def check_model_files(model_dir: str | os.PathLike, hint: str = "copy or save the model again") -> None:
+    """Fails with :class:`ModelNotFoundError` naming the first damaged file of a local model directory.
+
+    Cheap checks, no weights loaded: every JSON file parses (large ones end their
+    JSON), every ``.safetensors`` has a whole header and as many bytes as its tensors
+    need, a zipped ``.bin`` has its central directory, and none of these is empty.
+    Called before Ray starts, so a model cut short by a crash or a copy fails in a
+    second, not in an encoder actor.
+
+    Raises:
+        ModelNotFoundError: a damaged file (the one-line message names it).
+    """
+    from hbt.config import damaged_file
+
+    root = Path(model_dir)
+    for f in sorted(root.rglob("*")):
+        if f.name.startswith(".") or not f.is_file():
+            continue  # hidden files: a write in progress (hbt.config.atomic_path), editor files
+        try:
+            problem = _model_file_problem(f)
+        except OSError as e:
+            problem = f"cannot read: {e.strerror or e}"
+        if problem:
+            raise ModelNotFoundError(str(damaged_file(f, "model file", problem, hint))) from None
+
+
+def _repair_hint(model_dir: Path) -> str:
+    """What to do about a damaged model: the offline models' cache is rebuilt, anything else copied again."""
+    from hbt.model.offline import cache_dir
+
+    try:
+        model_dir.resolve().relative_to((cache_dir() / "models").resolve())
+    except ValueError:
+        return "copy or save the model again"
+    return f"delete {model_dir}: it is built again on next use"
+
+
 def resolve_model_ref(ref: str, output_dir: str | os.PathLike, storage_path: str | None = None) -> str:
     """What ``hbt eval --model`` names, made loadable; fails before Ray starts when it names nothing.
 
@@ -149,33 +252,41 @@ def resolve_model_ref(ref: str, output_dir: str | os.PathLike, storage_path: str
     directory; a training run (``<output_dir>/<ref>/model``, which also takes
     ``study/runs/<run>``; else the model its ``result.json`` records, a
     storage URI when training ran with one; else ``<storage_path>/<ref>/model``);
-    a hub id ``org/name``.
+    a hub id ``org/name``. A local model directory's files are checked whole
+    (:func:`check_model_files`).
 
     Raises:
-        ModelNotFoundError: none of these, or a storage that cannot be reached.
+        ModelNotFoundError: none of these, a storage that cannot be reached, or a
+            local model with a damaged file.
+        DamagedFileError: the run's ``result.json`` is damaged.
     """
-    import json
+    from hbt.config import read_json_file
 
     if ref.startswith(OFFLINE_PREFIX):
         from hbt.model.offline import resolve_model_path
 
-        return resolve_model_path(ref)
+        built = resolve_model_path(ref)
+        check_model_files(built, _repair_hint(Path(built)))
+        return built
     if is_uri(ref):
         check_model_uri(ref)
         return ref
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
-            return str(path / "model")  # a run directory given by path
-        if not (path / "config.json").exists():
+            path = path / "model"  # a run directory given by path
+        elif not (path / "config.json").exists():
             raise ModelNotFoundError(f"{ref}: a directory without config.json, so not a saved model")
+        check_model_files(path, _repair_hint(path))
         return str(path)
     run = Path(output_dir) / ref / "model"
     if (run / "config.json").exists():
+        check_model_files(run)
         return str(run)
     record = run.parent / "result.json"
     if record.exists():
-        recorded = json.loads(record.read_text(encoding="utf-8")).get("model_dir")
+        recorded = read_json_file(record, "record of a training run",
+                                  "delete it, or give the model's path or URI to --model").get("model_dir")
         if recorded and is_uri(recorded):
             check_model_uri(recorded)
             return recorded
