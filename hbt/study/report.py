@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hbt.config import STUDY_STRATEGIES
+from hbt.config import STUDY_STRATEGIES, write_text_atomic
 from hbt.eval.metrics import per_query_key
 from hbt.study.bootstrap import BootstrapResult, paired_bootstrap
 from hbt.study.verdicts import answer, noninferiority_verdicts, superiority_verdict
@@ -493,8 +493,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         _plot_bias(report["bias"], order, out / "bias.png")
         plots.append("bias.png")
     report["files"] = {"json": "report.json", "markdown": "report.md", "plots": plots}
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    write_text_atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import ConfigError, HBTConfig, check_cluster_handoffs, dump_config, on_cluster, resolve_path
+from hbt.config import ConfigError, HBTConfig, check_cluster_handoffs, dump_config, on_cluster, resolve_path, write_text_atomic
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray, log_level
@@ -301,7 +301,7 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         from hbt.data.readers import xquad_split
 
         split = xquad_split(resolve_path(cfg.data.path), cfg.data.languages, cfg.data.heldout_articles, cfg.data.dev_articles)
-        (run_dir / "split.json").write_text(json.dumps(split.__dict__, indent=2), encoding="utf-8")
+        write_text_atomic(run_dir / "split.json", json.dumps(split.__dict__, indent=2))
         tracker.log_params({"split.train_questions": split.questions["train"], "split.dev_questions": split.questions["dev"],
                             "split.test_questions": split.questions["test"]} | {"data.path_resolved": resolve_path(cfg.data.path)})
         tracker.log_artifact(run_dir / "split.json")
@@ -331,6 +331,6 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         "metrics": metrics,
         "pace": training_pace(run_dir),
     }
-    (run_dir / "result.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(run_dir / "result.json", json.dumps(out, indent=2, default=str))
     log.info("%s: trained model in %s; %s", run_name, out["model_dir"], load_hint(final_model))
     return out

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from hbt.config import ConfigError, HBTConfig, config_from_dict, flatten, with_overrides
+from hbt.config import ConfigError, HBTConfig, config_from_dict, flatten, with_overrides, write_text_atomic
 from hbt.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
 from hbt.tune.report import TrialRow, write_reports
 from hbt.tune.space import SearchSpace, load_space, parse_space
@@ -264,7 +264,7 @@ def _rows(results, search_dir: Path, keys: list[str]) -> list[TrialRow]:
         if reported:
             rec = json.loads(reported)
             rec_f.parent.mkdir(parents=True, exist_ok=True)
-            rec_f.write_text(json.dumps(rec, indent=2), encoding="utf-8")
+            write_text_atomic(rec_f, json.dumps(rec, indent=2))
         else:
             rec = json.loads(rec_f.read_text(encoding="utf-8")) if rec_f.exists() else {}
         params = {k: (res.config or {}).get(k) for k in keys}  # None for a trial that never started
