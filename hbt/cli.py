@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
-from hbt.config import ConfigError, HBTConfig, HbtError, check_cluster_handoffs, load_config, paths_are_local
+from hbt.config import (ConfigError, HBTConfig, HbtError, Interrupted, check_cluster_handoffs, load_config,
+                        paths_are_local)
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
@@ -27,7 +30,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluate: bool,
-                  uses_ray: bool = True) -> HBTConfig:
+                  uses_ray: bool = True, reload: bool = True) -> HBTConfig:
     """Fails naming the fetch command when configured benchmarks are missing; with --fetch, fetches them.
 
     A command that runs on Ray also refuses here, before any Ray work, stores
@@ -36,9 +39,23 @@ def _require_data(cfg: HBTConfig, args: argparse.Namespace, train: bool, evaluat
     if uses_ray:
         check_cluster_handoffs(cfg)
     fetch = getattr(args, "fetch", False)
-    if ensure_data(cfg, train=train, evaluate=evaluate, fetch_missing=fetch, offer_flag=hasattr(args, "fetch")):
+    if ensure_data(cfg, train=train, evaluate=evaluate, fetch_missing=fetch, offer_flag=hasattr(args, "fetch")) \
+            and reload:
         cfg = load_config(args.config, args.overrides)  # validate again, now against the fetched data
     return cfg
+
+
+@contextlib.contextmanager
+def interrupts_as_keyboard_interrupt():
+    """SIGTERM (a scheduler's stop, ``ray job stop``) handled like Ctrl-C: the command keeps what it finished."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
@@ -90,7 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hbt.train.job import load_hint, run_training
 
     cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
-    result = run_training(cfg, resume_from=args.resume)
+    with interrupts_as_keyboard_interrupt():
+        result = run_training(cfg, resume_from=args.resume)
     shutdown_ray()  # worker lines still in flight must not follow the result
     print(json.dumps(result, indent=2, default=str))
     print(load_hint(result["model_dir"]))
@@ -129,7 +147,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=False)
     from hbt.tune import run_tune
 
-    result = run_tune(cfg, space_path=args.space, resume=args.resume)
+    if args.space is None and not args.resume:
+        raise ConfigError("hbt tune needs --space tune_spaces/<name>.yaml (or --resume of a stopped search)")
+    with interrupts_as_keyboard_interrupt():
+        result = run_tune(cfg, space_path=args.space, resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -142,10 +163,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
         # The study's own config unless one is given: its strategies, seeds and endpoints.
         rebuild_report(load_config(args.config or study_dir / "config.yaml", args.overrides), study_dir)
         return 0
-    cfg = _require_data(load_config(args.config, args.overrides), args, train=True, evaluate=True)
+    from hbt.config import with_overrides
     from hbt.study import run_study
 
-    run_study(cfg)
+    if args.resume:
+        study_dir = Path(args.resume).resolve()
+        if not (study_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume}: not a study directory (no config.yaml in {study_dir})")
+        # The study's own config (overrides may change what does not touch finished units: they rerun otherwise).
+        cfg = load_config(args.config or study_dir / "config.yaml", args.overrides)
+        cfg = with_overrides(cfg, {"run_name": study_dir.name, "output_dir": str(study_dir.parent)})
+    else:
+        cfg = load_config(args.config, args.overrides)
+    cfg = _require_data(cfg, args, train=True, evaluate=True, reload=not args.resume)
+    with interrupts_as_keyboard_interrupt():
+        run_study(cfg, resume=bool(args.resume))
     return 0
 
 
@@ -220,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="Ray Tune search over config keys")
     _add_config_args(tu)
-    tu.add_argument("--space", required=True, help="search space YAML (tune_spaces/)")
+    tu.add_argument("--space", default=None,
+                    help="search space YAML (tune_spaces/); with --resume the search's stored space is used")
     tu.add_argument("--resume", action="store_true", help="resume the interrupted search of this run_name")
     tu.set_defaults(func=_cmd_tune)
 
@@ -230,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--report-from", metavar="STUDY_DIR", default=None,
                     help="recompute a finished study's report from its saved evaluations (no training), with "
                          "the study.* statistics of STUDY_DIR/config.yaml and the overrides")
+    st.add_argument("--resume", metavar="STUDY_DIR", default=None,
+                    help="continue an interrupted study: finished training runs and evaluations whose config "
+                         "matches are reused, the rest run (a cut-short training run from its last checkpoint)")
     st.set_defaults(func=_cmd_study)
     return parser
 
@@ -253,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except (Interrupted, KeyboardInterrupt) as e:
+        from hbt.raysetup import shutdown_ray
+
+        shutdown_ray()  # lines Ray still forwards from workers must not follow the resume line
+        print(str(e) if isinstance(e, Interrupted) else "interrupted", file=sys.stderr)
+        return 130
     except (HbtError, MissingDataError, FileNotFoundError) as e:
         # Raised in a Ray task, the error arrives wrapped; its cause holds the one-line message.
         print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)

@@ -64,6 +64,11 @@ class HbtError(Exception):
     """A user's mistake or bad input: the CLI and ray_jobs print ``error: <message>`` and exit 2, no traceback."""
 
 
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C or SIGTERM: what is finished is kept. The CLI prints the message
+    (what was kept, the command that resumes) and exits 130."""
+
+
 class ConfigError(HbtError, ValueError):
     """A config that cannot be used; the message names the offending key."""
 

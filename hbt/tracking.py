@@ -187,6 +187,15 @@ class Tracker:
         except Exception as e:
             self._degrade(e)
 
+    def reopen(self) -> None:
+        """Marks the run RUNNING again (a resumed study continues its parent run)."""
+        if self._client is None:
+            return
+        try:
+            self._client.update_run(self.run_id, status="RUNNING")
+        except Exception as e:
+            self._degrade(e)
+
     def end(self, status: str = "FINISHED") -> None:
         """Closes the run (``FINISHED`` or ``FAILED``)."""
         if self._client is None:
@@ -241,3 +250,8 @@ class RunLog:
     def set_tags(self, tags: dict[str, str]) -> None:
         """Sets MLflow tags of the run."""
         self._tracker.set_tags(tags)
+
+
+def end_status(err: BaseException) -> str:
+    """The MLflow status of a run that ``err`` ended: KILLED for an interruption, else FAILED."""
+    return "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"

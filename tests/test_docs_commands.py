@@ -145,7 +145,10 @@ def _check_config(args: argparse.Namespace, config: str | None, tune: bool = Fal
         from hbt.tune.search import check_search_settings
         from hbt.tune.space import load_space
 
-        load_space(args.space, cfg)
+        # A new search needs a space; a resumed one uses the space it stored.
+        assert args.space or args.resume, "hbt tune needs --space (or --resume of a stopped search)"
+        if args.space:
+            load_space(args.space, cfg)
         check_search_settings(cfg)
 
 
@@ -212,7 +215,7 @@ def test_the_main_docs_have_commands() -> None:
 def test_docs_run_tuning_with_a_space() -> None:
     tune = [c for c in COMMANDS if re.search(r"(hbt tune|ray_jobs\.tune)\b", c.text)]
     assert any(c.source == "docs/cluster.md" for c in tune)
-    # (each one also parses below, and --space is required by both parsers)
+    # (each one also parses below, and a new search must name its --space)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[f"{c.source}:{c.line}" for c in COMMANDS])
@@ -227,7 +230,8 @@ def test_command_parses_and_validates(cmd: DocCommand) -> None:
 
 
 @pytest.mark.parametrize("text, error", [
-    ("hbt tune --config configs/local.yaml", "does not parse"),
+    ("hbt tune --config configs/local.yaml", "--space"),
+    ("hbt tune --config configs/local.yaml --spce tune_spaces/alpha.yaml", "does not parse"),
     ("hbt train --config configs/local.yaml train.nope=1", "unknown key"),
     ("ray job submit --working-dir . -- python -m ray_jobs.tune --config configs/cluster-xlmr.yaml", "--space"),
     ("python -m ray_jobs.tune --config configs/cluster-xlmr.yaml --space tune_spaces/alpha.yaml data.dev_articles=[]",

@@ -242,7 +242,7 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
         parent_run_id: nest the run under this one (studies, tuning).
         tags: extra run tags.
     """
-    from hbt.tracking import tracker_for
+    from hbt.tracking import end_status, tracker_for
 
     out = Path(out_dir).resolve()
     benches = load_benchmarks(cfg, split)  # bad benchmark files fail before Ray starts or a run is opened
@@ -261,8 +261,8 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
             tracker.log_artifact(out / name)
         if (out / "runs").is_dir():
             tracker.log_artifact(out / "runs", "runs")
-    except BaseException:
-        tracker.end("FAILED")
+    except BaseException as e:
+        tracker.end(end_status(e))
         raise
     tracker.end("FINISHED")
     return result

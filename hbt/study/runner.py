@@ -10,6 +10,7 @@ and seeds, and answers with pre-registered non-inferiority verdicts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import STUDY_STRATEGIES, HbtError, HBTConfig, dump_config, with_overrides
+from hbt.config import (STUDY_STRATEGIES, HbtError, HBTConfig, Interrupted, dump_config, with_overrides,
+                        write_text_atomic)
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
 from hbt.study.report import build_report, endpoints_table, summary_table
-from hbt.tracking import tracker_for
+from hbt.tracking import tracker_for, tracking_uri
 
 def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
     """Config updates that make ``cfg`` train ``strategy`` (``hbt`` keeps the configured alpha)."""
@@ -141,63 +143,96 @@ def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def run_study(cfg: HBTConfig) -> dict[str, Any]:
+# A finished unit of a study (the zero-shot evaluation, a training run, an evaluation) writes this
+# file last, with the hash of the config it ran under: `hbt study --resume` reuses exactly those.
+DONE_FILE = "done.json"
+STATE_FILE = "study_state.json"
+
+
+def config_hash(cfg: HBTConfig, *extra: str) -> str:
+    """A hash of the resolved config (as dumped, credentials redacted) and ``extra``: what a unit's result depends on."""
+    from hbt.config import _redacted
+
+    text = json.dumps([_redacted(cfg.model_dump(mode="json")), *extra], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(unit_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The record of a unit finished under the same config, else None (missing, other config, or damaged)."""
+    f = unit_dir / DONE_FILE
+    try:
+        record = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not finished (a damaged marker is never trusted: the unit runs again)
+    return record if isinstance(record, dict) and record.get("config_hash") == digest else None
+
+
+def _mark_finished(unit_dir: Path, digest: str, record: dict[str, Any]) -> None:
+    """Writes the unit's marker, atomically: a marker is whole or absent."""
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(unit_dir / DONE_FILE, json.dumps({"config_hash": digest, **record}, indent=2, default=str))
+
+
+class _Progress:
+    """What a study has finished, for the line an interruption prints."""
+
+    def __init__(self, total_runs: int) -> None:
+        self.total_runs, self.trained, self.evaluated = total_runs, 0, 0
+
+
+def _parent_run(cfg: HBTConfig, name: str, study_dir: Path, resume: bool):
+    """The study's MLflow run: the stored one when resuming (opened again), else a new one."""
+    from hbt.tracking import Tracker
+
+    state = study_dir / STATE_FILE
+    if resume and state.is_file():
+        try:
+            run_id = json.loads(state.read_text(encoding="utf-8")).get("mlflow_run_id")
+        except ValueError:
+            run_id = None
+        if run_id:
+            parent = Tracker(tracking_uri(cfg), cfg.tracking.experiment, name, study_dir, run_id=run_id)
+            parent.reopen()
+            return parent
+    parent = tracker_for(cfg, name, study_dir, tags={"hbt.kind": "study"})
+    write_text_atomic(state, json.dumps({"mlflow_run_id": parent.run_id}))
+    return parent
+
+
+def run_study(cfg: HBTConfig, resume: bool = False) -> dict[str, Any]:
     """Runs the whole study and writes ``report.{md,json}`` and plots.
+
+    Each finished unit (the zero-shot evaluation, every training run and every
+    evaluation) writes ``done.json`` with the hash of its config. With
+    ``resume`` (``hbt study --resume DIR``) those whose config matches are
+    reused and only the rest run; a training run cut short continues from its
+    last checkpoint (same run name and storage).
 
     Returns:
         The report dict (also logged to one MLflow parent run).
-    """
-    from hbt.eval.runner import evaluate_tracked
-    from hbt.train.job import run_training
 
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM; what finished is kept, and the message says how to resume.
+    """
     t0 = time.time()
     name = cfg.run_name or f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Pinned and absolute, as --resume sets them: the units' config hashes must not depend on the cwd.
+    cfg = with_overrides(cfg, {"run_name": name, "output_dir": str(Path(cfg.output_dir).resolve())})
     study_dir = Path(cfg.output_dir) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, study_dir / "config.yaml")
     init_ray(cfg.ray.address)
-    parent = tracker_for(cfg, name, study_dir, tags={"hbt.kind": "study"})
+    parent = _parent_run(cfg, name, study_dir, resume)
     parent.log_params(cfg.model_dump(mode="json"))
-    timings: dict[str, float] = {}
-    pace: dict[str, dict[str, float]] = {}
+    progress = _Progress(len(cfg.study.strategies) * len(cfg.study.seeds))
     try:
-        base_model = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
-        t = time.time()
-        zero_shot = evaluate_tracked(cfg, base_model, study_dir / "zero_shot", f"{name}/zero_shot",
-                                     parent_run_id=parent.run_id, tags={"hbt.strategy": "zero_shot"})
-        timings["eval/zero_shot"] = time.time() - t
-        print(f"[hbt] zero-shot evaluated in {timings['eval/zero_shot']:.0f}s", flush=True)
-        scores: dict[str, dict[int, Any]] = {}
-        for strategy in cfg.study.strategies:
-            for seed in cfg.study.seeds:
-                tag = f"{strategy}-s{seed}"
-                # The study's store, pinned: with the runs' own output_dir the default
-                # store would be a second database that the parent run never sees.
-                run_cfg = with_overrides(cfg, {**strategy_overrides(cfg, strategy), "batching.seed": seed,
-                                               "run_name": f"{name}-{tag}", "output_dir": str(study_dir / "runs"),
-                                               "tracking.uri": parent.uri})
-                t = time.time()
-                trained = run_training(run_cfg, parent_run_id=parent.run_id)
-                timings[f"train/{tag}"] = time.time() - t
-                pace[tag] = trained.get("pace") or {}
-                t = time.time()
-                scores.setdefault(strategy, {})[seed] = evaluate_tracked(
-                    run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{name}/{tag}/eval",
-                    parent_run_id=parent.run_id, tags={"hbt.strategy": strategy, "hbt.seed": str(seed)})
-                timings[f"eval/{tag}"] = time.time() - t
-                print(f"[hbt] {tag}: trained in {timings[f'train/{tag}']:.0f}s{pace_text(pace[tag])}, "
-                      f"evaluated in {timings[f'eval/{tag}']:.0f}s", flush=True)
-        report = _report(cfg, scores, zero_shot, study_dir)
-        timings["total"] = time.time() - t0
-        (study_dir / "timings.json").write_text(json.dumps(timings, indent=2), encoding="utf-8")
-        (study_dir / "training_pace.json").write_text(json.dumps(pace, indent=2), encoding="utf-8")
-        parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
-        parent.log_metrics({f"pace/{tag}/{k}": v for tag, p in pace.items() for k, v in p.items()})
-        files = report["files"]
-        for f in [files["json"], files["markdown"], *files["plots"]]:
-            parent.log_artifact(study_dir / f)
-        parent.log_artifact(study_dir / "timings.json")
-        parent.log_artifact(study_dir / "training_pace.json")
+        report, timings, pace = _run_units(cfg, name, study_dir, parent, progress)
+    except (KeyboardInterrupt, Interrupted):
+        parent.end("KILLED")
+        raise Interrupted(
+            f"interrupted: {progress.trained} of {progress.total_runs} training runs and {progress.evaluated} "
+            f"evaluations finished and kept in {study_dir.resolve()}; resume with: "
+            f"hbt study --resume {study_dir.resolve()}") from None
     except BaseException:
         parent.end("FAILED")
         raise
@@ -207,5 +242,81 @@ def run_study(cfg: HBTConfig) -> dict[str, Any]:
     if waits:
         print(f"[hbt] data wait over {len(waits)} training runs (each the median of its windows after the first): "
               f"median {100 * float(np.median(waits)):.2f}%, max {100 * max(waits):.2f}% of step time")
-    print(f"\n[hbt] study finished in {timings['total']:.0f}s; report: {(study_dir / 'report.md').resolve()}")
+    print(f"\n[hbt] study finished in {time.time() - t0:.0f}s; report: {(study_dir / 'report.md').resolve()}")
     return report
+
+
+def _evaluated(cfg: HBTConfig, model_dir: str, out: Path, run_name: str, parent, tags: dict[str, str],
+               progress: _Progress) -> tuple[Any, float, bool]:
+    """One evaluation of the study, reused when it finished under the same config and model.
+
+    Returns:
+        (the EvalResult, its seconds, whether it was reused)
+    """
+    from hbt.eval.results import EvalResult
+    from hbt.eval.runner import evaluate_tracked
+
+    digest = config_hash(cfg, str(model_dir))
+    done = _finished(out, digest)
+    if done is not None:
+        progress.evaluated += 1
+        return EvalResult.load(out), float(done.get("seconds", 0.0)), True
+    t = time.time()
+    result = evaluate_tracked(cfg, model_dir, out, run_name, parent_run_id=parent.run_id, tags=tags)
+    seconds = time.time() - t
+    _mark_finished(out, digest, {"seconds": seconds, "model_dir": str(model_dir)})
+    progress.evaluated += 1
+    return result, seconds, False
+
+
+def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Progress):
+    """Zero-shot, then every strategy and seed: train, evaluate; then the report. Returns (report, timings, pace)."""
+    from hbt.train.job import run_training
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    pace: dict[str, dict[str, float]] = {}
+    base_model = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
+    zero_shot, timings["eval/zero_shot"], reused = _evaluated(
+        cfg, base_model, study_dir / "zero_shot", f"{name}/zero_shot", parent, {"hbt.strategy": "zero_shot"}, progress)
+    print(f"[hbt] zero-shot {'reused' if reused else 'evaluated'} ({timings['eval/zero_shot']:.0f}s)", flush=True)
+    scores: dict[str, dict[int, Any]] = {}
+    for strategy in cfg.study.strategies:
+        for seed in cfg.study.seeds:
+            tag = f"{strategy}-s{seed}"
+            # The study's store, pinned: with the runs' own output_dir the default
+            # store would be a second database that the parent run never sees.
+            run_cfg = with_overrides(cfg, {**strategy_overrides(cfg, strategy), "batching.seed": seed,
+                                           "run_name": f"{name}-{tag}", "output_dir": str(study_dir / "runs"),
+                                           "tracking.uri": parent.uri})
+            run_dir = study_dir / "runs" / f"{name}-{tag}"
+            digest = config_hash(run_cfg)
+            trained = _finished(run_dir, digest)
+            if trained is None:
+                t = time.time()
+                trained = run_training(run_cfg, parent_run_id=parent.run_id)
+                trained["seconds"] = time.time() - t
+                _mark_finished(run_dir, digest, trained)
+                verb = "trained"
+            else:
+                verb = "reused"
+            progress.trained += 1
+            timings[f"train/{tag}"] = float(trained["seconds"])
+            pace[tag] = trained.get("pace") or {}
+            scores.setdefault(strategy, {})[seed], timings[f"eval/{tag}"], reused = _evaluated(
+                run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{name}/{tag}/eval", parent,
+                {"hbt.strategy": strategy, "hbt.seed": str(seed)}, progress)
+            print(f"[hbt] {tag}: {verb} ({timings[f'train/{tag}']:.0f}s){pace_text(pace[tag])}, "
+                  f"{'reused' if reused else 'evaluated'} ({timings[f'eval/{tag}']:.0f}s)", flush=True)
+    report = _report(cfg, scores, zero_shot, study_dir)
+    timings["total"] = time.time() - t0
+    write_text_atomic(study_dir / "timings.json", json.dumps(timings, indent=2))
+    write_text_atomic(study_dir / "training_pace.json", json.dumps(pace, indent=2))
+    parent.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+    parent.log_metrics({f"pace/{tag}/{k}": v for tag, p in pace.items() for k, v in p.items()})
+    files = report["files"]
+    for f in [files["json"], files["markdown"], *files["plots"]]:
+        parent.log_artifact(study_dir / f)
+    parent.log_artifact(study_dir / "timings.json")
+    parent.log_artifact(study_dir / "training_pace.json")
+    return report, timings, pace

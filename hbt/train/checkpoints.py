@@ -64,3 +64,39 @@ def download(run_storage: str, step: int, dest: str | Path) -> Path:
     fs.copy_files(f"{root}/{checkpoint_name(step)}", str(dest), source_filesystem=filesystem,
                   destination_filesystem=fs.LocalFileSystem())
     return Path(dest)
+
+
+def checkpoint_source(run_storage: str, step: int) -> str:
+    """The step's checkpoint as messages name it (credentials in the URI redacted)."""
+    from hbt.config import redact_uri
+    from hbt.model.storage import join_uri
+
+    name = checkpoint_name(step)
+    return redact_uri(join_uri(run_storage, name)) if "://" in run_storage else str(Path(run_storage, name))
+
+
+def check_latest_state(run_storage: str) -> None:
+    """Reads the training state of the checkpoint a restart would take, before Ray starts.
+
+    A damaged ``train_state.json`` then fails ``--resume`` in one line at once,
+    not after Ray Train has restarted its workers ``ray.max_failures`` times.
+
+    Raises:
+        DamagedFileError: naming the file.
+    """
+    import tempfile
+
+    from pyarrow import fs
+
+    from hbt.train.state import STATE_FILE, TrainState
+
+    step = latest_complete(run_storage)
+    if step is None:
+        return
+    filesystem, root = _filesystem(run_storage)
+    with tempfile.TemporaryDirectory(prefix="hbt-state-") as d:
+        source = f"{root}/{checkpoint_name(step)}/{STATE_FILE}"
+        if filesystem.get_file_info(source).type == fs.FileType.File:
+            fs.copy_files(source, f"{d}/{STATE_FILE}", source_filesystem=filesystem,
+                          destination_filesystem=fs.LocalFileSystem())
+        TrainState.load(d, source=checkpoint_source(run_storage, step))

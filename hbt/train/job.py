@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hbt.config import ConfigError, HBTConfig, check_cluster_handoffs, dump_config, on_cluster, resolve_path, write_text_atomic
+from hbt.config import (ConfigError, HBTConfig, HbtError, Interrupted, check_cluster_handoffs, dump_config, on_cluster,
+                        redact_uri, resolve_path, write_text_atomic)
 from hbt.model.metadata import read_metadata
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray, log_level
-from hbt.tracking import tracker_for, tracking_uri
+from hbt.tracking import end_status, tracker_for, tracking_uri
 
 log = logging.getLogger("hbt.train")
 
@@ -53,6 +56,9 @@ def check_resumable(cfg: HBTConfig, run_name: str) -> None:
     """
     root = Path(cfg.output_dir)
     if (root / run_name / "config.yaml").is_file():
+        from hbt.train.checkpoints import check_latest_state
+
+        check_latest_state(run_storage(cfg, run_name))
         return
     runs = sorted(p.parent.name for p in root.glob("*/config.yaml"))
     raise ConfigError(f"--resume {run_name!r}: no run of that name under output_dir {root.resolve()} "
@@ -231,10 +237,14 @@ def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint
         return uri
     final_model = run_dir / "model"
     if checkpoint is not None:
+        # Copied beside, then renamed: a crash mid-copy never leaves a model missing files.
+        partial = run_dir / ".model.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         with checkpoint.as_directory() as d:
-            if final_model.exists():
-                shutil.rmtree(final_model)
-            shutil.copytree(Path(d) / "model", final_model)
+            shutil.copytree(Path(d) / "model", partial)
+        if final_model.exists():
+            shutil.rmtree(final_model)
+        partial.rename(final_model)
     return str(final_model.resolve())
 
 
@@ -248,13 +258,31 @@ def training_pace(run_dir: Path) -> dict[str, float]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    rows = [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if "train/data_wait_frac" in r]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash before a resume: its window is not a measurement
+        if isinstance(row, dict) and "train/data_wait_frac" in row:
+            rows.append(row)
     later = rows[1:] or rows
     if not later:
         return {}
     return {"pairs_per_s": float(np.median([r["train/samples_per_s"] for r in later])),
             "data_wait_frac": float(np.median([r["train/data_wait_frac"] for r in later])),
             "windows": float(len(later))}
+
+
+def _user_error(err: BaseException) -> HbtError | None:
+    """The hbt error (bad input, a damaged file) a worker raised, out of Ray Train's wrapping, if any."""
+    failures = list(getattr(err, "worker_failures", {}).values())
+    failures += [getattr(err, "controller_failure", None)]
+    for f in failures:
+        f = getattr(f, "cause", None) or f  # a RayTaskError holds the worker's own exception as its cause
+        if isinstance(f, HbtError):
+            return f
+    return None
 
 
 def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: str | None = None,
@@ -279,13 +307,15 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
 
     if not ray.is_initialized():  # a Tune trial runs inside Ray: its search checked the config
         check_cluster_handoffs(cfg)
-    if resume_from is not None:
-        check_resumable(cfg, resume_from)
-    from hbt.model.storage import check_storage, is_uri
+    from hbt.model.storage import check_model_files, check_storage, is_uri
 
     if is_uri(storage_root(cfg)):
         check_storage(storage_root(cfg))  # before Ray: a wrong bucket fails now, not at the first checkpoint
+    if resume_from is not None:
+        check_resumable(cfg, resume_from)
     model_dir = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
+    if Path(model_dir).is_dir():
+        check_model_files(model_dir, "fix or replace model.name_or_path")  # damaged weights fail before Ray
     run_name = resume_from or cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.output_dir) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -310,13 +340,29 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
 
     run_log = start_run_log(cfg, run_dir, tracker.run_id)
     trainer = build_trainer(cfg, run_name, run_dir, model_dir, tracker.run_id, callbacks, run_log)
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         result = trainer.fit()
-    except Exception:
-        tracker.end("FAILED")
+    except BaseException as e:  # Ctrl-C too: the run must not stay RUNNING in MLflow
+        tracker.end(end_status(e))
+        cause = _user_error(e)
+        if cause is not None:
+            raise cause from None  # one line from the CLI, not Ray Train's wrapped traceback
         raise
     finally:
         ray.kill(run_log)  # rank 0 waited for every line it sent: nothing is pending
+        if main:
+            # Ray Train's fit installs a Ctrl-C handler that aborts its run, and leaves it
+            # installed: a later Ctrl-C would abort nothing and be lost.
+            signal.signal(signal.SIGINT, sigint)
+    if main and (result.metrics or {}).get("step") != cfg.train.max_steps:
+        # Ray Train's handler stopped the run on Ctrl-C and fit returned what it had (a Tune
+        # trial runs fit off the main thread, where Ray installs no handler).
+        tracker.end("KILLED")
+        raise Interrupted(f"interrupted: training run {run_name} stopped; its checkpoints are kept in "
+                          f"{redact_uri(run_storage(cfg, run_name))}; resume with: hbt train --resume {run_name} "
+                          f"output_dir={cfg.output_dir} (and the same config)")
     final_model = publish_final_model(cfg, run_name, run_dir, result.checkpoint)
     checkpoint = checkpoint_ref(cfg, result.checkpoint)
     tracker.set_tags({"hbt.final_model": final_model, "hbt.checkpoint": checkpoint or ""})

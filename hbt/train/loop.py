@@ -23,7 +23,7 @@ from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
 from hbt.model.storage import local_model_dir
 from hbt.raysetup import configure_logging
-from hbt.train.checkpoints import checkpoint_name, download, latest_complete, mark_complete
+from hbt.train.checkpoints import checkpoint_name, checkpoint_source, download, latest_complete, mark_complete
 from hbt.train.state import TrainState
 from hbt.hardware import resolve_train_precision
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
@@ -389,12 +389,13 @@ def _resume(w: _Worker) -> tuple[TrainState, bool]:
         # Each rank fetches its own copy: no download shared between processes.
         with tempfile.TemporaryDirectory(prefix="hbt-resume-") as d:
             download(run_storage, marked, d)
+            # The state first: a damaged one is named before DeepSpeed spends time loading.
+            state = TrainState.load(d, source=checkpoint_source(run_storage, marked))
             w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-            state = TrainState.load(d)
     elif ckpt is not None:
         with ckpt.as_directory() as d:
+            state = TrainState.load(d, source=ckpt.path)
             w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
-            state = TrainState.load(d)
     else:
         return TrainState(), False
     if w.rank == 0:

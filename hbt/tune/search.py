@@ -12,16 +12,20 @@ trial under ``trials/``, and the reports (see :mod:`hbt.tune.report`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hbt.config import ConfigError, HBTConfig, config_from_dict, flatten, with_overrides, write_text_atomic
+from hbt.config import (ConfigError, HBTConfig, Interrupted, _redacted, config_from_dict, flatten, read_json_file,
+                        redact_uri, with_overrides, write_text_atomic)
 from hbt.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
 from hbt.tune.report import TrialRow, write_reports
 from hbt.tune.space import SearchSpace, load_space, parse_space
@@ -190,10 +194,14 @@ def check_search_settings(cfg: HBTConfig) -> dict[str, float]:
         _require("hyperopt", "hyperopt")
     if not cfg.data.dev_articles:
         raise ConfigError("data.dev_articles is empty: trials are scored on the dev split (XQuAD-R dev articles)")
-    if cfg.tune.scheduler == "asha" and not (cfg.train.checkpoint_every or cfg.train.dev_eval_every):
+    def before_the_end(every: int) -> bool:
+        return 0 < every < cfg.train.max_steps
+
+    if cfg.tune.scheduler == "asha" and not (before_the_end(cfg.train.checkpoint_every)
+                                             or before_the_end(cfg.train.dev_eval_every)):
         raise ConfigError("tune.scheduler=asha needs intermediate reports: set train.dev_eval_every (ASHA on the "
-                          "dev objective) or train.checkpoint_every (ASHA on train/loss); with neither there is "
-                          "one report, at the end")
+                          "dev objective) or train.checkpoint_every (ASHA on train/loss) below train.max_steps; "
+                          "with neither there is one report, at the end")
     return weights
 
 
@@ -234,7 +242,7 @@ def _load_state(search_dir: Path, cfg: HBTConfig, space_path: str | None) -> tup
     f = search_dir / STATE_FILE
     if not f.exists():
         raise ConfigError(f"--resume: no search to resume in {search_dir} (no {STATE_FILE})")
-    state = json.loads(f.read_text(encoding="utf-8"))
+    state = read_json_file(f, "search state", "it is written when a search starts; start the search again")
     stored_cfg = config_from_dict(state["config"], str(f))
     stored_space = parse_space(state["space"], stored_cfg, f"{f} (space)")
     given = flatten(cfg.model_dump(mode="json"))
@@ -263,10 +271,11 @@ def _rows(results, search_dir: Path, keys: list[str]) -> list[TrialRow]:
         reported = (res.metrics or {}).get(RECORD_KEY)
         if reported:
             rec = json.loads(reported)
-            rec_f.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(rec_f, json.dumps(rec, indent=2))
+            if not rec_f.exists():  # a resumed search keeps the records of trials it did not run again
+                rec_f.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(rec_f, json.dumps(rec, indent=2))
         else:
-            rec = json.loads(rec_f.read_text(encoding="utf-8")) if rec_f.exists() else {}
+            rec = read_json_file(rec_f, "trial record", "delete it and resume the search") if rec_f.exists() else {}
         params = {k: (res.config or {}).get(k) for k in keys}  # None for a trial that never started
         metrics = rec.get("metrics") or _numeric(res.metrics or {})
         if res.error is not None:
@@ -306,14 +315,40 @@ def _open_parent_run(cfg: HBTConfig, base: HBTConfig, name: str, search_dir: Pat
         f"# The space of this search (from {space_path}).\n" + yaml.safe_dump(space.as_dict(), sort_keys=False),
         encoding="utf-8")
     # Written before any trial runs, so that a crashed search can be resumed.
-    (search_dir / STATE_FILE).write_text(json.dumps({
-        "name": name, "space_path": str(space_path), "mlflow_run_id": parent.run_id, "tracking_uri": uri,
-        "config": cfg.model_dump(mode="json"), "space": space.as_dict()}, indent=2), encoding="utf-8")
+    # Credentials in URIs are kept out of the file (a resume takes them from the given config or the environment).
+    write_text_atomic(search_dir / STATE_FILE, json.dumps({
+        "name": name, "space_path": str(space_path), "mlflow_run_id": parent.run_id, "tracking_uri": redact_uri(uri),
+        "config": _redacted(cfg.model_dump(mode="json")), "space": space.as_dict()}, indent=2))
     parent.log_params({"search": {"space_path": str(space_path), "grid_size": space.grid_size()},
                        "space": {p.key: p.describe() for p in space.params},
                        "fixed": space.fixed, "tune": cfg.tune.model_dump(mode="json")})
     parent.log_artifact(search_dir / "space.yaml")
     return parent
+
+
+@contextlib.contextmanager
+def _stop_signals_noted(interrupted: threading.Event):
+    """Ctrl-C and SIGTERM during ``Tuner.fit`` stop the search gracefully, and are noted.
+
+    Tune's own SIGINT handler stops the search, saves its state and returns the
+    results as if done; hbt must know it was stopped. Tune's SIGINT handler is
+    turned off, and ours notes the signal, then raises SIGUSR1, on which Tune
+    stops the same way. Before Tune has its handler, the signal is a plain Ctrl-C.
+    """
+    def on_stop(signum, frame):
+        interrupted.set()
+        if callable(signal.getsignal(signal.SIGUSR1)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _build_tuner(cfg: HBTConfig, trainable, name: str, root: Path, space: SearchSpace):
@@ -364,6 +399,7 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     root = Path(cfg.output_dir).resolve()
     name = cfg.run_name or "tune"
     search_dir = root / name
+    given_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")  # (no store created here)
     if resume:
         cfg, space, state = _load_state(search_dir, cfg, space_path)
     else:
@@ -375,6 +411,8 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
         space, state = load_space(space_path, cfg), {}
     weights = check_search_settings(cfg)
     uri = state.get("tracking_uri") or tracking_uri(cfg)
+    if given_uri and redact_uri(given_uri) == uri:
+        uri = given_uri  # the stored URI is the given one with its password cut out
     # Trials write under their own output_dir, so the MLflow store is pinned here.
     base = with_overrides(cfg, {**space.fixed, "output_dir": str(root), "tracking.uri": uri})
 
@@ -390,6 +428,7 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
                              parent_run_id=parent.run_id, weights=weights),
         TRIAL_DRIVER_RESOURCES,
     )
+    interrupted = threading.Event()
     try:
         # A search stopped before Tune wrote its state has no trials yet: start it.
         if resume and tune.Tuner.can_restore(str(search_dir)):
@@ -398,13 +437,22 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
                                        resume_errored=resume_errored)
         else:
             tuner = _build_tuner(cfg, trainable, name, root, space)
-        results = tuner.fit()
+        with _stop_signals_noted(interrupted):
+            results = tuner.fit()
     except BaseException as e:
         parent.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     _close_orphans(uri, parent.run_id)
 
     rows = _rows(results, search_dir, space.keys)
+    if interrupted.is_set():
+        # Tune stopped gracefully and returned what it had: a partial search, not a result.
+        # No best config, no tables, the parent run KILLED (not FINISHED).
+        parent.end("KILLED")
+        planned = cfg.tune.num_samples * (space.grid_size() if cfg.tune.search_alg == "grid" else 1)
+        done = sum(r.status == "TERMINATED" for r in rows)
+        raise Interrupted(f"interrupted: {done} of {planned} trials finished, kept in {search_dir}; resume with: "
+                          f"hbt tune --resume output_dir={root} run_name={name}")
     summary = write_reports(search_dir, rows, cfg, space.fixed, space.keys)
     parent.log_metrics({"search/trials": len(rows), **{f"search/{k.lower()}": v for k, v in summary["counts"].items()}})
     best = summary["best"]

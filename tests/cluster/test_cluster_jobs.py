@@ -217,3 +217,68 @@ def test_lost_nodes_resume_from_the_last_whole_checkpoint_and_elastic_runs_go_on
     for step in range(1, 13):
         assert elastic[step] == pytest.approx(by_step[step][-1], abs=1e-5), step
     assert len(cluster.alive_node_ips()) == 2  # the head and one worker: it finished on one worker
+
+
+def test_tune_search_with_trials_on_worker_nodes_completes_its_table(tmp_path, sim_cluster, s3_server,
+                                                                      mlflow_server):
+    from hbt.model.tiny import build_tiny_model
+
+    head = tmp_path / "head"
+    model = build_tiny_model(head / "base-model")
+    space = head / "alpha.yaml"
+    space.write_text("fixed: {batching.strategy: hybrid}\nparams:\n  batching.alpha: {grid: [0.0, 1.0]}\n")
+    cluster = sim_cluster(head_dirs=[head], workers=[{"cpus": 1}, {"cpus": 1}], env=s3_server.env)
+    args = ["-c", "configs/local.yaml", f"output_dir={head / 'out'}", f"model.name_or_path={model}", "run_name=cl-tune",
+            f"tracking.uri={mlflow_server}", f"ray.storage_path={s3_server.uri()}", "ray.num_workers=1",
+            "ray.cpus_per_worker=1", "data.languages=[en,de]", "data.max_questions=16",
+            "data.dev_articles=[Warsaw,Geology]", "batching.global_batch_size=4", "model.max_passage_length=32",
+            "model.max_query_length=16", "train.max_steps=2", "train.warmup_steps=0", "eval.benchmarks=[xquad_r]",
+            "eval.languages=[en,de]", "eval.max_questions=8", "eval.max_length=32", "eval.num_encoders=1",
+            "tune.max_concurrent_trials=2"]
+    done = subprocess.run([sys.executable, "-m", "hbt.cli", "tune", "--space", str(space), *args],
+                          env=cluster.driver_env(**s3_server.env), cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    search = head / "out" / "cl-tune"
+    trials = json.loads((search / "trials.json").read_text())
+    assert sorted(t["params"]["batching.alpha"] for t in trials) == [0.0, 1.0]
+    assert all(t["status"] == "TERMINATED" and t["metrics"]["objective"] > 0 for t in trials), trials
+    assert all(t["mlflow_run_id"] for t in trials)
+    assert (search / "trials.md").read_text().count("| TERMINATED |") == 2
+    assert (search / "best_config.yaml").is_file()
+    nodes = _train_worker_nodes(cluster)
+    assert nodes and nodes <= set(cluster.worker_ips)
+
+
+def test_the_training_job_demand_scales_the_cluster_up_and_idle_nodes_go(tmp_path, sim_cluster):
+    """From no worker node, hbt's own demand (tokenise tasks, two 1-CPU Train workers) adds nodes; idle, they go.
+
+    Ray's fake provider starts its nodes in the head's mount namespace: they share its disk,
+    which the run declares (ray.shared_filesystem). Isolation is the other tests' subject.
+    """
+    import re
+
+    from hbt.model.tiny import build_tiny_model
+    from tests.cluster.harness import FakeAutoscaler
+
+    model = build_tiny_model(tmp_path / "model")
+    cluster = sim_cluster(workers=[], autoscaler=FakeAutoscaler(worker_cpus=1, max_workers=2,
+                                                                 idle_timeout_minutes=0.05))
+    assert cluster.alive_node_ips() == [cluster.head_ip]
+    done = subprocess.run(
+        [sys.executable, "-m", "hbt.cli", "train", "-c", "configs/local.yaml", f"output_dir={tmp_path / 'out'}",
+         f"model.name_or_path={model}", "run_name=scaled", "ray.shared_filesystem=true", "ray.num_workers=2",
+         "ray.cpus_per_worker=1", "data.languages=[en,de]", "data.max_questions=16", "batching.global_batch_size=4",
+         "model.max_passage_length=32", "model.max_query_length=16", "train.max_steps=2", "train.warmup_steps=0"],
+        env=cluster.driver_env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout[:done.stdout.rindex("}") + 1])["metrics"]["step"] == 2
+
+    def total(pattern: str) -> int:
+        return sum(int(n) for n in re.findall(pattern, cluster.monitor_log()))
+
+    assert total(r"Adding (\d+) node\(s\) of type") == 2
+    deadline = time.monotonic() + 120
+    while total(r"Removing (\d+) nodes of type") < 2 or cluster.alive_node_ips() != [cluster.head_ip]:
+        assert time.monotonic() < deadline, (cluster.alive_node_ips(), cluster.monitor_log()[-3000:])
+        time.sleep(1)

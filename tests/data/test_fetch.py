@@ -342,7 +342,7 @@ def test_cli_study_fetch_gets_missing_benchmarks_first(server, fixtures, no_shar
 
     seen = {}
 
-    def fake_run_study(cfg):
+    def fake_run_study(cfg, resume=False):
         seen["paths"] = [config.resolve_path(p) for p in (cfg.data.path, cfg.eval.mlqa_r_path)]
 
     monkeypatch.setitem(sys.modules, "hbt.study", types.SimpleNamespace(run_study=fake_run_study))

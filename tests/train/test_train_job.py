@@ -106,6 +106,18 @@ def test_unreachable_tracking_server_does_not_stop_the_run(tmp_path):
     assert json.loads((tmp_path / "params.json").read_text())["a.b"] == 1
 
 
+@pytest.mark.slow
+def test_with_the_tracking_server_down_every_step_is_kept(tiny_model_dir, tmp_path, ray_local):
+    """No MLflow run can be opened, yet rank 0's every step reaches the run's metrics.jsonl on the driver's disk."""
+    with pytest.warns(UserWarning, match="going on"):
+        out = run_training(_tiny_cfg(tiny_model_dir, tmp_path, "run_name=down", "tracking.uri=http://127.0.0.1:9",
+                                     "train.max_steps=3", "train.warmup_steps=0"))
+    assert out["mlflow_run_id"] is None
+    rows = [json.loads(x) for x in (Path(out["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("train/loss" in r for r in rows)
+    assert out["pace"]["windows"] == 2
+
+
 def test_resume_of_a_run_that_does_not_exist_fails_before_ray(tmp_path, capsys):
     import ray
 

@@ -217,3 +217,48 @@ def test_search_algorithms_and_scheduler():
     asha = build_scheduler(load_config(None, ["tune.scheduler=asha", "train.max_steps=20", "train.dev_eval_every=5",
                                               "data.dev_articles=[Warsaw]", "tune.mode=max"]))
     assert asha.metric == "objective" and asha._mode == "max"
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_says_so_and_resumes(tiny_model_dir, tmp_path):
+    """SIGINT after the first trial: exit 130, no best config, the parent run KILLED; --resume completes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hbt.config import PROJECT_ROOT
+
+    space = write_space(tmp_path / "alpha.yaml", {"fixed": {"batching.strategy": "hybrid"},
+                                                   "params": {"batching.alpha": {"grid": [0.0, 0.5, 1.0]}}})
+    out = tmp_path / "out"
+    overrides = [f"output_dir={out}", f"tracking.uri=sqlite:///{out.resolve() / 'mlflow.db'}",
+                 f"model.name_or_path={tiny_model_dir}", "data.languages=[en,de]", "data.max_questions=16",
+                 "data.dev_articles=[Warsaw,Geology]", "batching.global_batch_size=4", "model.max_passage_length=32",
+                 "model.max_query_length=16", "train.max_steps=2", "train.warmup_steps=0", "eval.benchmarks=[xquad_r]",
+                 "eval.languages=[en,de]", "eval.max_questions=8", "eval.max_length=32", "run_name=cut",
+                 "ray.num_workers=1", "ray.cpus_per_worker=1"]
+    log = open(tmp_path / "tune.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt.cli", "tune", "--space", str(space), *overrides],
+                            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not list((out / "cut" / "trials").glob("*/eval-dev/metrics.json")):
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "tune.log").read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)  # the trial's final report reaches Tune
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130, (tmp_path / "tune.log").read_text()[-3000:]
+    printed = (tmp_path / "tune.log").read_text()
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("interrupted: ") and " of 3 trials finished" in last and "hbt tune --resume" in last, last
+    assert not (out / "cut" / "best_config.yaml").exists() and not (out / "cut" / "summary.json").exists()
+    state = json.loads((out / "cut" / "search.json").read_text())
+    client = MlflowClient(f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    assert client.get_run(state["mlflow_run_id"]).info.status == "KILLED"
+
+    resumed = subprocess.run([sys.executable, "-m", "hbt.cli", "tune", "--resume", *overrides], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "cut" / "summary.json").read_text())
+    assert summary["counts"]["TERMINATED"] == 3 and (out / "cut" / "best_config.yaml").is_file()
+    assert client.get_run(state["mlflow_run_id"]).info.status == "FINISHED"
