@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from hbt.config import (ConfigError, HBTConfig, HbtError, Interrupted, check_cluster_handoffs, load_config,
-                        paths_are_local)
+                        paths_are_local, redact_text)
 from hbt.data.fetch import FetchError, MissingDataError, ensure_data
 
 
@@ -135,7 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model = resolve_model_ref(args.model, cfg.output_dir, cfg.ray.storage_path)
     from hbt.eval.job import run_eval_job
 
-    result = run_eval_job(cfg, model, out_dir=args.out, output_json=args.output, track=not args.no_track)
+    with interrupts_as_keyboard_interrupt():
+        result = run_eval_job(cfg, model, out_dir=args.out, output_json=args.output, track=not args.no_track)
     print(f"\n{result['table']}\n")
     print(f"results: {result['out_dir']} (metrics.json, matrices.json, per_query.npz, info.json, config.yaml)")
     if args.output:
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (HbtError, MissingDataError, FileNotFoundError) as e:
         # Raised in a Ray task, the error arrives wrapped; its cause holds the one-line message.
-        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
+        # Messages often quote a URI: whatever raised it, no password reaches the terminal or a log.
+        print(f"error: {redact_text(str(getattr(e, 'cause', None) or e))}", file=sys.stderr)
         return 2
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)

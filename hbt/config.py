@@ -486,6 +486,15 @@ class RayConfig(_Strict):
     max_failures: int = Field(
         3, ge=0, description="Restarts of the worker group from its last checkpoint (a lost spot node costs one).")
 
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        # The storage URI is written into result.json, MLflow tags and messages: keys stay in the environment.
+        if v is not None and redact_uri(v) != v:
+            raise ValueError("holds a credential (a password, key or token in the URI); give it in the environment "
+                             "instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the instance's role)")
+        return v
+
     @field_validator("num_workers")
     @classmethod
     def _worker_range(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -75,12 +74,12 @@ def ray_head(tmp_path):
 
 def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_dir, tmp_path):
     from mlflow.tracking import MlflowClient
-    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.cluster.harness import submit_job
 
     address, env = ray_head
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
-        client = JobSubmissionClient(address)
         db = f"sqlite:///{tmp_path / 'mlflow.db'}"
         entry = (f"python -m ray_jobs.train --config configs/local.yaml output_dir={tmp_path / 'out'} "
                  f"model.name_or_path={tiny_model_dir} tracking.uri={db} run_name=job-test "
@@ -91,23 +90,8 @@ def test_ray_job_submit_runs_training_and_logs_to_mlflow(ray_head, tiny_model_di
         runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
                        # relative data paths resolve against the checkout, not the uploaded copy
                        "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}}
-        give_up = time.time() + 300
-        while True:
-            try:
-                job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
-                break
-            except RuntimeError as e:
-                # A fresh head's job agent takes seconds (minutes on a loaded machine) to register.
-                if "No available agent" not in str(e) or time.time() > give_up:
-                    raise
-                time.sleep(3)
-        deadline = time.time() + 600
-        status = client.get_job_status(job_id)
-        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
-            time.sleep(2)
-            status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+        status, logs = submit_job(address, entry, runtime_env)
+        assert status == "SUCCEEDED", logs[-3000:]
     finally:
         os.environ.pop("RAY_AUTH_MODE", None)
     assert "[hbt] step 3/3" in logs

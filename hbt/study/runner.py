@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,26 @@ DONE_FILE = "done.json"
 STATE_FILE = "study_state.json"
 
 
-def config_hash(cfg: HBTConfig, *extra: str) -> str:
-    """A hash of the resolved config (as dumped, credentials redacted) and ``extra``: what a unit's result depends on."""
+# What a unit's result depends on: a training run on how it trains (the worker count slices the
+# batches and seeds the dropout masks), an evaluation on the model and how it is scored. Tracking,
+# storage and the study's statistics change neither: --resume with another replicate count or an
+# added seed reuses every finished unit.
+TRAIN_SECTIONS = ("model", "data", "batching", "train", "deepspeed", "ray.num_workers")
+EVAL_SECTIONS = ("model", "data", "eval")
+
+
+def config_hash(cfg: HBTConfig, sections: tuple[str, ...] = TRAIN_SECTIONS, *extra: str) -> str:
+    """A hash of the config's ``sections`` (dotted keys allowed) and ``extra`` strings."""
     from hbt.config import _redacted
 
-    text = json.dumps([_redacted(cfg.model_dump(mode="json")), *extra], sort_keys=True)
+    tree = _redacted(cfg.model_dump(mode="json"))
+    picked = {}
+    for key in sections:
+        node = tree
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
+    text = json.dumps([picked, *extra], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -171,6 +187,37 @@ def _mark_finished(unit_dir: Path, digest: str, record: dict[str, Any]) -> None:
     """Writes the unit's marker, atomically: a marker is whole or absent."""
     unit_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(unit_dir / DONE_FILE, json.dumps({"config_hash": digest, **record}, indent=2, default=str))
+
+
+STARTED_FILE = "started.json"
+
+
+def _start_fresh_if_changed(run_cfg: HBTConfig, run_dir: Path, digest: str) -> None:
+    """Clears a training run begun under another config, so that Ray Train does not continue it.
+
+    A run cut short continues from its last checkpoint on resume (same name, same
+    storage); that is right only for the config it began with, which its
+    ``started.json`` records.
+    """
+    from hbt.train.job import run_storage
+
+    began = run_dir / STARTED_FILE
+    if began.is_file():
+        try:
+            same = json.loads(began.read_text(encoding="utf-8")).get("config_hash") == digest
+        except ValueError:
+            same = False
+        if not same:
+            from pyarrow import fs
+
+            storage = run_storage(run_cfg, run_cfg.run_name)
+            filesystem, path = fs.FileSystem.from_uri(storage) if "://" in storage else (fs.LocalFileSystem(), storage)
+            if filesystem.get_file_info(path).type == fs.FileType.Directory:
+                filesystem.delete_dir(path)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"[hbt] {run_cfg.run_name}: begun under another config; trained again from the start", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(began, json.dumps({"config_hash": digest}))
 
 
 class _Progress:
@@ -256,7 +303,7 @@ def _evaluated(cfg: HBTConfig, model_dir: str, out: Path, run_name: str, parent,
     from hbt.eval.results import EvalResult
     from hbt.eval.runner import evaluate_tracked
 
-    digest = config_hash(cfg, str(model_dir))
+    digest = config_hash(cfg, EVAL_SECTIONS, str(model_dir))
     done = _finished(out, digest)
     if done is not None:
         progress.evaluated += 1
@@ -293,6 +340,7 @@ def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Pr
             digest = config_hash(run_cfg)
             trained = _finished(run_dir, digest)
             if trained is None:
+                _start_fresh_if_changed(run_cfg, run_dir, digest)
                 t = time.time()
                 trained = run_training(run_cfg, parent_run_id=parent.run_id)
                 trained["seconds"] = time.time() - t

@@ -18,6 +18,12 @@ COMPLETE_MARKER = "hbt_complete.json"
 _NAME = re.compile(r"^checkpoint_step(\d{8})$")
 
 
+def step_of(name: str) -> int | None:
+    """The step of a checkpoint folder named by :func:`checkpoint_name`, else None."""
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_name(step: int) -> str:
     """The checkpoint folder of a step (sorts by step)."""
     return f"checkpoint_step{step:08d}"
@@ -48,10 +54,10 @@ def latest_complete(run_storage: str) -> int | None:
         return None
     steps = []
     for info in filesystem.get_file_info(fs.FileSelector(root, recursive=False)):
-        m = _NAME.match(info.base_name)
-        if m and info.type == fs.FileType.Directory and \
+        step = step_of(info.base_name)
+        if step is not None and info.type == fs.FileType.Directory and \
                 filesystem.get_file_info(f"{info.path}/{COMPLETE_MARKER}").type == fs.FileType.File:
-            steps.append(int(m.group(1)))
+            steps.append(step)
     return max(steps, default=None)
 
 

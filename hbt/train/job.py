@@ -56,9 +56,13 @@ def check_resumable(cfg: HBTConfig, run_name: str) -> None:
     """
     root = Path(cfg.output_dir)
     if (root / run_name / "config.yaml").is_file():
-        from hbt.train.checkpoints import check_latest_state
+        from hbt.train.checkpoints import check_latest_state, latest_complete
 
         check_latest_state(run_storage(cfg, run_name))
+        done = latest_complete(run_storage(cfg, run_name))
+        if done is not None and done > cfg.train.max_steps:
+            raise ConfigError(f"train.max_steps ({cfg.train.max_steps}) is below the step of run {run_name!r}'s "
+                              f"latest checkpoint ({done}): --resume trains on from there, so set it above {done}")
         return
     runs = sorted(p.parent.name for p in root.glob("*/config.yaml"))
     raise ConfigError(f"--resume {run_name!r}: no run of that name under output_dir {root.resolve()} "
@@ -111,8 +115,8 @@ def _pinned_here(refs: list[Any]) -> list[Any]:
     return [ray.put(ray.get(r)) for r in refs]
 
 
-def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, model_dir: str, mlflow_run_id: str | None,
-                  callbacks: list | None = None, run_log: Any = None):
+def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, run_log: Any, model_dir: str,
+                  callbacks: list | None = None):
     """The ``TorchTrainer`` for one training run (datasets attached, not yet fitted).
 
     ``model_dir`` is the driver's local copy of the base model; the workers and
@@ -225,7 +229,7 @@ def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint
     With a storage URI (``s3://…`` on clusters) the model goes to
     ``<storage>/<run_name>/model``: the driver's disk is on one node only, and
     the evaluation's encoder actors fetch the URI on their own nodes. With
-    local storage it is copied to ``run_dir/model``, as before.
+    local storage it is copied to ``run_dir/model``.
     """
     from hbt.model.storage import is_uri, join_uri, publish_model
 
@@ -338,12 +342,25 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         log.info("XQuAD split: %s questions (train/dev/test articles %d/%d/%d)", split.questions,
                  len(split.train), len(split.dev), len(split.test))
 
-    run_log = start_run_log(cfg, run_dir, tracker.run_id)
-    trainer = build_trainer(cfg, run_name, run_dir, model_dir, tracker.run_id, callbacks, run_log)
+    def stopped() -> Interrupted:
+        return Interrupted(f"interrupted: training run {run_name} stopped; its checkpoints are kept in "
+                           f"{redact_uri(run_storage(cfg, run_name))}; resume with: hbt train --resume {run_name} "
+                           f"output_dir={cfg.output_dir} (and the same config)")
+
     main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main else None
+    run_log = None
     try:
+        run_log = start_run_log(cfg, run_dir, tracker.run_id)
+        trainer = build_trainer(cfg, run_name, run_dir, run_log, model_dir, callbacks)
         result = trainer.fit()
+    except SystemExit:
+        # Ray Train's Ctrl-C handler aborts its controller and then exits the process from
+        # inside fit: the run is interrupted, not finished, and the CLI must say so.
+        tracker.end("KILLED")
+        if main:
+            raise stopped() from None
+        raise
     except BaseException as e:  # Ctrl-C too: the run must not stay RUNNING in MLflow
         tracker.end(end_status(e))
         cause = _user_error(e)
@@ -351,7 +368,8 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
             raise cause from None  # one line from the CLI, not Ray Train's wrapped traceback
         raise
     finally:
-        ray.kill(run_log)  # rank 0 waited for every line it sent: nothing is pending
+        if run_log is not None:
+            ray.kill(run_log)  # rank 0 waited for every line it sent: nothing is pending
         if main:
             # Ray Train's fit installs a Ctrl-C handler that aborts its run, and leaves it
             # installed: a later Ctrl-C would abort nothing and be lost.
@@ -360,9 +378,7 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         # Ray Train's handler stopped the run on Ctrl-C and fit returned what it had (a Tune
         # trial runs fit off the main thread, where Ray installs no handler).
         tracker.end("KILLED")
-        raise Interrupted(f"interrupted: training run {run_name} stopped; its checkpoints are kept in "
-                          f"{redact_uri(run_storage(cfg, run_name))}; resume with: hbt train --resume {run_name} "
-                          f"output_dir={cfg.output_dir} (and the same config)")
+        raise stopped()
     final_model = publish_final_model(cfg, run_name, run_dir, result.checkpoint)
     checkpoint = checkpoint_ref(cfg, result.checkpoint)
     tracker.set_tags({"hbt.final_model": final_model, "hbt.checkpoint": checkpoint or ""})

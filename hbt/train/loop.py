@@ -23,7 +23,8 @@ from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
 from hbt.model.storage import local_model_dir
 from hbt.raysetup import configure_logging
-from hbt.train.checkpoints import checkpoint_name, checkpoint_source, download, latest_complete, mark_complete
+from hbt.train.checkpoints import (checkpoint_name, checkpoint_source, download, latest_complete, mark_complete,
+                                   step_of)
 from hbt.train.state import TrainState
 from hbt.hardware import resolve_train_precision
 from hbt.train.step import Retriever, contrastive_step, grad_cache_step
@@ -293,15 +294,24 @@ class _RunLogClient:
     def __init__(self, actor: Any) -> None:
         self._actor = actor
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def _call(self, method: str, *args: Any) -> None:
         import ray
 
-        ray.get(self._actor.log_metrics.remote(metrics, step))
+        if self._actor is None:
+            return
+        try:
+            ray.get(getattr(self._actor, method).remote(*args))
+        except ray.exceptions.RayActorError as e:
+            # The driver's node is gone, and with it the job: training must not fail on its log.
+            log.warning("the run's log on the driver's node is unreachable (%s); step metrics go to the "
+                        "Ray Train reports only", type(e).__name__)
+            self._actor = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._call("log_metrics", metrics, step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        import ray
-
-        ray.get(self._actor.set_tags.remote(tags))
+        self._call("set_tags", tags)
 
 
 @dataclass
@@ -365,18 +375,19 @@ def _setup(config: dict[str, Any]) -> _Worker:
 
 
 def _step_of(ckpt) -> int | None:
-    """The step of a Ray checkpoint named by :func:`checkpoint_name` (None: none, or another name)."""
-    import re
-
-    m = re.search(r"checkpoint_step(\d{8})$", ckpt.path.rstrip("/")) if ckpt is not None else None
-    return int(m.group(1)) if m else (None if ckpt is None else -1)
+    """The step of Ray's checkpoint: None without one, -1 when it is not named by its step."""
+    if ckpt is None:
+        return None
+    step = step_of(ckpt.path.rstrip("/").rsplit("/", 1)[-1])
+    return -1 if step is None else step
 
 
 def _resume(w: _Worker) -> tuple[TrainState, bool]:
-    """Loads Ray Train's checkpoint into the engine when there is one (a restart or ``--resume``).
+    """Loads the newest whole checkpoint into the engine when there is one (a restart or ``--resume``).
 
     Returns:
-        (the state to continue from, whether a checkpoint was loaded)
+        (the state to continue from, whether Ray Train knows that checkpoint: when it
+        does not, the run reports it again at its end, so that Ray's result holds it)
     """
     import ray.train
 
@@ -392,15 +403,17 @@ def _resume(w: _Worker) -> tuple[TrainState, bool]:
             # The state first: a damaged one is named before DeepSpeed spends time loading.
             state = TrainState.load(d, source=checkpoint_source(run_storage, marked))
             w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
+        registered = False
     elif ckpt is not None:
         with ckpt.as_directory() as d:
             state = TrainState.load(d, source=ckpt.path)
             w.engine.load_checkpoint(os.path.join(d, "deepspeed"), tag=DS_TAG)
+        registered = True
     else:
         return TrainState(), False
     if w.rank == 0:
         log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
-    return state, True
+    return state, registered
 
 
 def _next_batch(w: _Worker, state: TrainState):
@@ -487,9 +500,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker entry: builds the engine, resumes, streams batches, trains.
 
     Args:
-        config: ``cfg`` (the config as a dict), ``model_dir``, ``run_dir``,
-            ``mlflow_run_id``, ``ledger`` (skip-count actor or None), ``train_table``
-            and ``log_level`` (the driver's).
+        config: ``cfg`` (the config as a dict), ``model_dir`` (a path or storage URI), ``run_dir``,
+            ``run_storage`` (the run's storage folder), ``run_log`` (the driver's RunLog actor),
+            ``ledger`` (skip-count actor or None), ``train_table`` and ``log_level`` (the driver's).
 
     Returns:
         Rank 0's final metrics (``Result.return_value``).
@@ -498,13 +511,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     w = _setup(config)
     cfg = w.cfg
-    state, resumed = _resume(w)
+    state, registered = _resume(w)
     if w.rank == 0 and state.step == 0:
         log.info("%d training rows, %d global batches per epoch (seeded global shuffle: %s)",
                  w.batches.num_rows, w.batches.steps_per_epoch, cfg.data.shuffle)
     meter = _Meter(state.step, cfg.train.max_steps)
     last: dict[str, float] = {}
-    last_ckpt_step = state.step if resumed else -1
+    # A checkpoint Ray knows is not saved again at the end; one it never registered is.
+    last_ckpt_step = state.step if registered else -1
 
     while state.step < cfg.train.max_steps:
         t_wait = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from hbt.config import HBTConfig, load_config, with_overrides
+from hbt.config import HBTConfig, _redacted, load_config, with_overrides, write_text_atomic
 from hbt.objective import BIAS_KEYS, OBJECTIVE, PARETO_KEYS
 
 # Tune's words: TERMINATED ran to its final report; ERROR raised; STOPPED
@@ -211,7 +211,8 @@ def write_reports(out_dir: str | Path, rows: Sequence[TrialRow], cfg: HBTConfig,
         head = (f"# The best trial ({best.trial_id}, {OBJECTIVE} {best.metrics[OBJECTIVE]:.4g}) of the search in "
                 f"{out.resolve()}.\n#\n#   hbt train --config {out.resolve() / 'best_config.yaml'}\n\n")
         path = out / "best_config.yaml"
-        path.write_text(head + yaml.safe_dump(bc.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        # Credentials in URIs (tracking.uri) never go into a file: they come from the environment.
+        write_text_atomic(path, head + yaml.safe_dump(_redacted(bc.model_dump(mode="json")), sort_keys=False))
         load_config(path)  # what `hbt config validate` checks
         files["best_config.yaml"] = str(path)
 

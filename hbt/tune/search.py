@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from hbt.config import (ConfigError, HBTConfig, Interrupted, _redacted, config_from_dict, flatten, read_json_file,
-                        redact_uri, with_overrides, write_text_atomic)
+from hbt.config import (ConfigError, HBTConfig, Interrupted, _redacted, config_from_dict, dump_config, flatten,
+                        on_cluster, read_json_file, redact_uri, with_overrides, write_text_atomic)
 from hbt.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
 from hbt.tune.report import TrialRow, write_reports
 from hbt.tune.space import SearchSpace, load_space, parse_space
@@ -216,7 +216,7 @@ def max_concurrent_trials(cfg: HBTConfig) -> int:
     import ray
 
     n = cfg.tune.max_concurrent_trials
-    if (cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local") != "local":
+    if on_cluster(cfg):
         return n
     res = ray.cluster_resources()
     r = cfg.ray
@@ -311,6 +311,9 @@ def _open_parent_run(cfg: HBTConfig, base: HBTConfig, name: str, search_dir: Pat
     if state.get("mlflow_run_id"):
         return Tracker(uri, cfg.tracking.experiment, name, search_dir, run_id=state["mlflow_run_id"])
     parent = tracker_for(base, name, search_dir, tags={"hbt.kind": "tune"})
+    # The config a resume is given (-c): the search's own, with its folder pinned.
+    dump_config(with_overrides(cfg, {"output_dir": str(search_dir.parent), "run_name": name}),
+                search_dir / "config.yaml")
     (search_dir / "space.yaml").write_text(
         f"# The space of this search (from {space_path}).\n" + yaml.safe_dump(space.as_dict(), sort_keys=False),
         encoding="utf-8")
@@ -336,12 +339,13 @@ def _stop_signals_noted(interrupted: threading.Event):
     stops the same way. Before Tune has its handler, the signal is a plain Ctrl-C.
     """
     def on_stop(signum, frame):
+        if interrupted.is_set() or not callable(signal.getsignal(signal.SIGUSR1)):
+            interrupted.set()
+            raise KeyboardInterrupt  # a second Ctrl-C skips Tune's last save, as its message offers
         interrupted.set()
-        if callable(signal.getsignal(signal.SIGUSR1)):
-            os.kill(os.getpid(), signal.SIGUSR1)
-        else:
-            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)
 
+    before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -349,6 +353,10 @@ def _stop_signals_noted(interrupted: threading.Event):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
 
 
 def _build_tuner(cfg: HBTConfig, trainable, name: str, root: Path, space: SearchSpace):
@@ -414,7 +422,10 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     if given_uri and redact_uri(given_uri) == uri:
         uri = given_uri  # the stored URI is the given one with its password cut out
     # Trials write under their own output_dir, so the MLflow store is pinned here.
-    base = with_overrides(cfg, {**space.fixed, "output_dir": str(root), "tracking.uri": uri})
+    # Trials run in Ray's worker processes, where no RAY_ADDRESS says "cluster": the driver's
+    # answer travels in the config, so trials hand their model and metrics across nodes too.
+    address = cfg.ray.address or ("auto" if on_cluster(cfg) else None)
+    base = with_overrides(cfg, {**space.fixed, "output_dir": str(root), "tracking.uri": uri, "ray.address": address})
 
     init_ray(cfg.ray.address)
     # The Train-phase reports carry train/* only, the final one the objective:
@@ -452,7 +463,7 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
         planned = cfg.tune.num_samples * (space.grid_size() if cfg.tune.search_alg == "grid" else 1)
         done = sum(r.status == "TERMINATED" for r in rows)
         raise Interrupted(f"interrupted: {done} of {planned} trials finished, kept in {search_dir}; resume with: "
-                          f"hbt tune --resume output_dir={root} run_name={name}")
+                          f"hbt tune --resume -c {search_dir / 'config.yaml'}")
     summary = write_reports(search_dir, rows, cfg, space.fixed, space.keys)
     parent.log_metrics({"search/trials": len(rows), **{f"search/{k.lower()}": v for k, v in summary["counts"].items()}})
     best = summary["best"]

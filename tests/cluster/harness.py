@@ -978,3 +978,36 @@ def _tail(path: Path, chars: int = 4000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def submit_job(dashboard_url: str, entrypoint: str, runtime_env: Mapping[str, Any],
+               timeout_s: float = 600.0) -> tuple[str, str]:
+    """Submits a job as ``ray job submit`` does and waits for its end.
+
+    A fresh head's job agent takes a few seconds (minutes on a loaded machine) to
+    register, so "No available agent" is retried for up to two minutes.
+
+    Returns:
+        (the job's final status as a string, its logs)
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard_url)
+    give_up = time.monotonic() + 120
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env))
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > give_up:
+                raise
+            time.sleep(2)
+    deadline = time.monotonic() + timeout_s
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    return str(status.value), client.get_job_logs(job_id)

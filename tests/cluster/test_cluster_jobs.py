@@ -62,28 +62,13 @@ def mlflow_server(tmp_path):
 
 def _submit(cluster, entrypoint: str, timeout_s: float = 600) -> str:
     """Runs ``entrypoint`` with ``ray job submit``'s API on the cluster; returns its logs (asserts success)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from tests.cluster.harness import submit_job
 
-    client = JobSubmissionClient(cluster.dashboard_url)
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": ["runs/", "mlruns/", "*.db", ".git/"],
                    # The benchmarks are mounted at the same path on every node (cluster.yaml's file_mounts).
                    "env_vars": {"HBT_DATA_ROOT": str(PROJECT_ROOT), "RAY_AUTH_MODE": "disabled"}}
-    give_up = time.time() + 120
-    while True:
-        try:
-            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-            break
-        except RuntimeError as e:  # a fresh head's job agent takes a few seconds to register
-            if "No available agent" not in str(e) or time.time() > give_up:
-                raise
-            time.sleep(2)
-    deadline = time.time() + timeout_s
-    status = client.get_job_status(job_id)
-    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
-        time.sleep(2)
-        status = client.get_job_status(job_id)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    status, logs = submit_job(cluster.dashboard_url, entrypoint, runtime_env, timeout_s)
+    assert status == "SUCCEEDED", logs[-4000:]
     return logs
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hbt.config import PROJECT_ROOT, load_config
-from hbt.study.runner import DONE_FILE, _finished, _mark_finished, config_hash
+from hbt.study.runner import DONE_FILE, EVAL_SECTIONS, _finished, _mark_finished, config_hash
 
 
 def _overrides(tmp_path: Path, model: Path, out: str) -> list[str]:
@@ -88,6 +88,12 @@ def test_a_unit_is_reused_only_under_the_config_it_ran_with(tmp_path):
     _mark_finished(tmp_path, digest, {"seconds": 3.0})
     assert _finished(tmp_path, digest)["seconds"] == 3.0
     assert _finished(tmp_path, config_hash(load_config(None, ["train.lr=1e-4"]))) is None
-    assert config_hash(cfg, "model-a") != config_hash(cfg, "model-b")
+    assert config_hash(cfg, EVAL_SECTIONS, "model-a") != config_hash(cfg, EVAL_SECTIONS, "model-b")
+    # The study's statistics, tracking and storage change no unit; the evaluation settings change
+    # the evaluations only.
+    other = load_config(None, ["study.bootstrap_samples=500", "tracking.experiment=x", "ray.storage_path=/tmp/s"])
+    assert config_hash(other) == digest and config_hash(other, EVAL_SECTIONS) == config_hash(cfg, EVAL_SECTIONS)
+    fewer = load_config(None, ["eval.max_questions=5"])
+    assert config_hash(fewer) == digest and config_hash(fewer, EVAL_SECTIONS) != config_hash(cfg, EVAL_SECTIONS)
     (tmp_path / DONE_FILE).write_text('{"config_hash": "')  # cut short: never trusted
     assert _finished(tmp_path, digest) is None

@@ -256,7 +256,9 @@ def test_an_interrupted_search_says_so_and_resumes(tiny_model_dir, tmp_path):
     client = MlflowClient(f"sqlite:///{out.resolve() / 'mlflow.db'}")
     assert client.get_run(state["mlflow_run_id"]).info.status == "KILLED"
 
-    resumed = subprocess.run([sys.executable, "-m", "hbt.cli", "tune", "--resume", *overrides], cwd=PROJECT_ROOT,
+    command = last.split("resume with: ", 1)[1].split()  # exactly what the line says
+    assert command[:3] == ["hbt", "tune", "--resume"]
+    resumed = subprocess.run([sys.executable, "-m", "hbt.cli", *command[1:]], cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((out / "cut" / "summary.json").read_text())
