@@ -257,7 +257,9 @@ def test_the_training_job_demand_scales_the_cluster_up_and_idle_nodes_go(tmp_pat
          "model.max_passage_length=32", "model.max_query_length=16", "train.max_steps=2", "train.warmup_steps=0"],
         env=cluster.driver_env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads(done.stdout[:done.stdout.rindex("}") + 1])["metrics"]["step"] == 2
+    # (Ray's driver prints the autoscaler's events on stdout too: the result is the JSON object after them.)
+    result = done.stdout[done.stdout.index("{\n"):done.stdout.rindex("}") + 1]
+    assert json.loads(result)["metrics"]["step"] == 2
 
     def total(pattern: str) -> int:
         return sum(int(n) for n in re.findall(pattern, cluster.monitor_log()))
