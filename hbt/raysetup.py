@@ -150,3 +150,15 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def pinned_here():
+    """A scheduling strategy for an actor that must live on this process's node (the driver's).
+
+    For the small actors a run's driver reads from and rank 0 writes to (the run log, the
+    skip ledger): on a worker node they would die with it and fail every restart.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -107,8 +107,15 @@ def _skip_ledger_cls():
 
 
 def make_skip_ledger():
-    """A Ray actor that accumulates :class:`SkipLog` counts from read tasks."""
-    return _skip_ledger_cls().remote()
+    """A Ray actor that accumulates :class:`SkipLog` counts from read tasks.
+
+    It lives on the calling (the driver's) node and reserves no CPU: rank 0 reads it at
+    every logging window, and an actor on a worker node would die with that node and
+    fail every restart of the worker group.
+    """
+    from hbt.raysetup import pinned_here
+
+    return _skip_ledger_cls().options(num_cpus=0, scheduling_strategy=pinned_here()).remote()
 
 
 def _make_datasource(cfg: HBTConfig, split: str, ledger: Any):

@@ -93,12 +93,11 @@ def start_run_log(cfg: HBTConfig, run_dir: Path, mlflow_run_id: str | None):
     line per logging window.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from hbt.raysetup import pinned_here
     from hbt.tracking import RunLog
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ray.remote(RunLog).options(num_cpus=0, scheduling_strategy=here).remote(
+    return ray.remote(RunLog).options(num_cpus=0, scheduling_strategy=pinned_here()).remote(
         tracking_uri(cfg), cfg.tracking.experiment, str(run_dir.resolve()), mlflow_run_id)
 
 
