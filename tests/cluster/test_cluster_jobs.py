@@ -159,6 +159,7 @@ def _train_until_killed(cluster, s3_server, args: list[str], run_name: str, kill
     return proc, marked
 
 
+@pytest.mark.timeout(1500)  # two runs with worker-group restarts: 8 min here on a loaded 2-core machine
 def test_lost_nodes_resume_from_the_last_whole_checkpoint_and_elastic_runs_go_on_with_fewer(
         tmp_path, sim_cluster, s3_server, mlflow_server, monkeypatch):
     from hbt.model.tiny import build_tiny_model

@@ -37,6 +37,7 @@ def _fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three studies in a row: over the suite's 900 s per test on a loaded machine
 def test_sigint_after_the_first_run_then_resume_gives_the_uninterrupted_report(tiny_model_dir, tmp_path):
     whole = _study(["-c", "configs/local.yaml", *_overrides(tmp_path, tiny_model_dir, "whole")], tmp_path / "whole.log")
     assert whole.wait(timeout=1200) == 0, (tmp_path / "whole.log").read_text()[-3000:]
