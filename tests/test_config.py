@@ -318,13 +318,16 @@ def _cluster_args(command: str, tmp_path: Path, overrides: list[str]) -> list[st
 
 @pytest.mark.parametrize("overrides, key", _BREAKS)
 @pytest.mark.parametrize("command", ["train", "eval", "study", "tune"])
-def test_one_node_stores_are_refused_on_a_cluster_before_ray(tmp_path, capsys, overrides, key, command):
-    import ray
+def test_one_node_stores_are_refused_on_a_cluster_before_ray(tmp_path, capsys, monkeypatch, overrides, key, command):
+    def no_ray(*args, **kwargs):  # any Ray work would start here: the refusal must come first
+        raise AssertionError("Ray was started")
 
+    for where in ("hbt.raysetup.init_ray", "hbt.train.job.init_ray", "hbt.study.runner.init_ray"):
+        monkeypatch.setattr(where, no_ray)
     assert main(_cluster_args(command, tmp_path, overrides)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {key} is ") and len(err.splitlines()) == 1, err
-    assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
+    assert not (tmp_path / "ray_results").exists()
 
 
 def test_the_cluster_refusal_is_one_line_from_the_command(tmp_path):
