@@ -31,11 +31,9 @@ from hbt.data.squad import answer_sentence_index, parse_squad, passage_group  # 
 
 
 def _fs_and_path(path: str):
-    import pyarrow.fs as pafs
+    from hbt.model.storage import filesystem_and_path
 
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+    return filesystem_and_path(path)
 
 
 def read_bytes(path: str) -> bytes:

@@ -34,6 +34,15 @@ def is_uri(ref: str) -> bool:
     return "://" in ref
 
 
+def filesystem_and_path(ref: str):
+    """(pyarrow filesystem, path on it) of a storage URI or a local path (made absolute)."""
+    from pyarrow import fs
+
+    if is_uri(ref):
+        return fs.FileSystem.from_uri(ref)
+    return fs.LocalFileSystem(), os.path.abspath(ref)
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("HBT_CACHE") or Path.home() / ".cache" / "hbt") / "models"
 

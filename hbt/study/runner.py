@@ -210,8 +210,9 @@ def _start_fresh_if_changed(run_cfg: HBTConfig, run_dir: Path, digest: str) -> N
         if not same:
             from pyarrow import fs
 
-            storage = run_storage(run_cfg, run_cfg.run_name)
-            filesystem, path = fs.FileSystem.from_uri(storage) if "://" in storage else (fs.LocalFileSystem(), storage)
+            from hbt.model.storage import filesystem_and_path
+
+            filesystem, path = filesystem_and_path(run_storage(run_cfg, run_cfg.run_name))
             if filesystem.get_file_info(path).type == fs.FileType.Directory:
                 filesystem.delete_dir(path)
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from hbt.model.storage import filesystem_and_path
+
 COMPLETE_MARKER = "hbt_complete.json"
 _NAME = re.compile(r"^checkpoint_step(\d{8})$")
 
@@ -29,18 +31,9 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint_step{step:08d}"
 
 
-def _filesystem(ref: str):
-    """(pyarrow filesystem, path) of a storage URI or a local path."""
-    from pyarrow import fs
-
-    if "://" in ref:
-        return fs.FileSystem.from_uri(ref)
-    return fs.LocalFileSystem(), str(Path(ref).resolve())
-
-
 def mark_complete(run_storage: str, step: int) -> None:
     """Writes the marker of the step's checkpoint (rank 0, after every rank's upload)."""
-    filesystem, root = _filesystem(run_storage)
+    filesystem, root = filesystem_and_path(run_storage)
     with filesystem.open_output_stream(f"{root}/{checkpoint_name(step)}/{COMPLETE_MARKER}") as f:
         f.write(json.dumps({"step": step}).encode())
 
@@ -49,7 +42,7 @@ def latest_complete(run_storage: str) -> int | None:
     """The step of the newest marked checkpoint in the run's storage folder, or None."""
     from pyarrow import fs
 
-    filesystem, root = _filesystem(run_storage)
+    filesystem, root = filesystem_and_path(run_storage)
     if filesystem.get_file_info(root).type != fs.FileType.Directory:
         return None
     steps = []
@@ -65,7 +58,7 @@ def download(run_storage: str, step: int, dest: str | Path) -> Path:
     """Copies the step's checkpoint into ``dest`` (a folder of this process's own), returns it."""
     from pyarrow import fs
 
-    filesystem, root = _filesystem(run_storage)
+    filesystem, root = filesystem_and_path(run_storage)
     Path(dest).mkdir(parents=True, exist_ok=True)
     fs.copy_files(f"{root}/{checkpoint_name(step)}", str(dest), source_filesystem=filesystem,
                   destination_filesystem=fs.LocalFileSystem())
@@ -99,7 +92,7 @@ def check_latest_state(run_storage: str) -> None:
     step = latest_complete(run_storage)
     if step is None:
         return
-    filesystem, root = _filesystem(run_storage)
+    filesystem, root = filesystem_and_path(run_storage)
     with tempfile.TemporaryDirectory(prefix="hbt-state-") as d:
         source = f"{root}/{checkpoint_name(step)}/{STATE_FILE}"
         if filesystem.get_file_info(source).type == fs.FileType.File:
