@@ -63,10 +63,12 @@ def test_diff_is_the_difference_of_macro_means_with_unequal_strata():
 def test_seeds_average_and_may_differ_in_count():
     rng = np.random.default_rng(3)
     clusters = np.repeat(np.arange(40), 3)
-    a = rng.uniform(0, 1, (3, 120))
-    b = rng.uniform(0, 1, (2, 120))
+    # Each seed shifts all of its scores (a seed effect), on top of per-row noise.
+    a = rng.uniform(0, 1, (3, 120)) + rng.normal(0, 0.1, (3, 1))
+    b = rng.uniform(0, 1, (2, 120)) + rng.normal(0, 0.1, (2, 1))
     res = paired_bootstrap(a, b, clusters=clusters, n_resamples=300)
     assert res.diff == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+    assert (res.n_seeds_a, res.n_seeds_b) == (3, 2) and res.seed_df is not None
     # Seed variation widens the interval over a one-seed comparison of the seed means.
     one = paired_bootstrap(a.mean(0), b.mean(0), clusters=clusters, n_resamples=300)
     assert (res.high - res.low) > (one.high - one.low)
@@ -104,3 +106,82 @@ def test_bad_scores_name_the_argument():
         paired_bootstrap(nan, np.ones(10), clusters=c)
     with pytest.raises(ValueError, match="b has 1 non-finite"):
         paired_bootstrap(np.ones(10), nan, clusters=c)
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def _seeded_systems(rng: np.random.Generator, questions: int, strata: int, seeds: int) -> tuple[np.ndarray, ...]:
+    """Two systems with true difference 0, each trained with ``seeds`` seeds.
+
+    A row (question i, stratum j) of seed k scores ``u_i + v_ik + e_ijk + d_k``: a question effect
+    shared by every seed, a question x seed effect, row noise and a seed effect. The seed effect's
+    variance makes seeds half of the difference's variance, as in the study's MLQA-R comparisons.
+    """
+    su, sv, se = 0.5, 0.1, 0.4
+    question_part = su / questions + sv / (seeds * questions) + se / (seeds * questions * strata)
+    sd = seeds * question_part  # 2 sd/seeds == 2 question_part: seeds are 50 % of var(diff)
+
+    def system() -> np.ndarray:
+        u = np.sqrt(su) * rng.standard_normal((1, questions, 1))
+        v = np.sqrt(sv) * rng.standard_normal((seeds, questions, 1))
+        e = np.sqrt(se) * rng.standard_normal((seeds, questions, strata))
+        d = np.sqrt(sd) * rng.standard_normal((seeds, 1, 1))
+        return (u + v + e + d).reshape(seeds, -1)
+
+    clusters = np.repeat(np.arange(questions), strata)
+    stratum = np.tile(np.arange(strata), questions)
+    return system(), system(), clusters, stratum
+
+
+def _seed_coverage(method: str, datasets: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for i in range(datasets):
+        a, b, clusters, stratum = _seeded_systems(rng, 150, 7, 3)
+        res = paired_bootstrap(a, b, clusters=clusters, strata=stratum, n_resamples=1000, seed=i, seed_method=method)
+        hits += res.low <= 0.0 <= res.high
+    return hits / datasets
+
+
+@pytest.mark.slow
+def test_with_3_seeds_carrying_half_the_variance_the_seed_t_component_covers_at_the_nominal_rate():
+    """1 000 data sets (coverage's standard error about 0.007): nominal 0.95 +- 0.02. Drawing the
+    3 seeds with replacement (the contender) keeps 2/3 of their variance and normal tails, and misses."""
+    assert 0.93 <= _seed_coverage("t", 1000, seed=11) <= 0.97
+    assert _seed_coverage("resample", 1000, seed=11) < 0.93
+
+
+def test_seed_components_are_estimated_without_the_question_by_seed_interaction():
+    """With no seed effect at all, the seeds' scatter is question x seed interaction only: the seed
+    variance estimate is near 0, not the interaction counted a second time."""
+    rng = np.random.default_rng(5)
+    clusters = np.repeat(np.arange(200), 4)
+    base = rng.standard_normal(800)
+    a = base + rng.standard_normal((5, 800))  # per-seed row noise, no seed shift
+    b = base + 0.1 + rng.standard_normal((5, 800))
+    res = paired_bootstrap(a, b, clusters=clusters, n_resamples=500)
+    naive = a.mean(axis=1).var(ddof=1) / 5 + b.mean(axis=1).var(ddof=1) / 5
+    assert res.var_seeds < 0.3 * naive
+    # A real seed shift is found: 0.05 sd per seed dwarfs the interaction's 1/sqrt(800).
+    shifted = a + 0.2 * rng.standard_normal((5, 1))
+    res2 = paired_bootstrap(shifted, b, clusters=clusters, n_resamples=500)
+    assert res2.seed_var_a == pytest.approx(shifted.mean(axis=1).var(ddof=1), rel=0.6)
+    assert res2.seed_df is not None and 2.0 <= res2.seed_df
+
+
+def test_one_seed_systems_add_no_seed_component():
+    rng = np.random.default_rng(6)
+    clusters = np.arange(60)
+    res = paired_bootstrap(rng.uniform(size=60), rng.uniform(size=60), clusters=clusters, n_resamples=300)
+    assert res.var_seeds == 0.0 and res.seed_df is None and res.n_seeds_a == res.n_seeds_b == 1
+
+
+def test_a_lower_is_better_result_is_oriented_so_better_points_up():
+    rng = np.random.default_rng(7)
+    clusters = np.arange(80)
+    res = paired_bootstrap(rng.uniform(size=80) - 0.3, rng.uniform(size=80), clusters=clusters, n_resamples=400)
+    flipped = res.oriented(higher_is_better=False)
+    assert flipped.diff == -res.diff and (flipped.low, flipped.high) == (-res.high, -res.low)
+    assert flipped.p_at_most(0.0) == res.p_at_least(0.0)
+    assert res.oriented(higher_is_better=True) is res
