@@ -348,6 +348,10 @@ class BatchingConfig(_Strict):
     alpha: float = Field(0.5, description="P(monolingual batch) for 'hybrid'.")
     global_batch_size: int = Field(32, ge=2)
     cross_pair_mode: Literal["per_pair", "per_batch"] = "per_pair"
+    language_schedule: Literal["balanced", "random"] = Field(
+        "balanced", description="balanced: over each round of steps every language (every ordered pair for X-Y) "
+        "comes up in proportion, and a hybrid run's monolingual share is exactly alpha per 20 steps; the order is "
+        "seeded. random: independent draws per step (seed-to-seed imbalance becomes seed variance).")
     single_language: str = "en"
     seed: int = 0
 
@@ -416,6 +420,10 @@ class EvalConfig(_Strict):
         None, ge=1, description="A seeded sample of N questions per QA benchmark (stratified by article for XQuAD-R, "
         "by context for MLQA-R, in proportion to their questions) and N Tatoeba query lines (the whole other side "
         "stays the target pool).")
+    max_questions_by_benchmark: dict[Literal["xquad_r", "mlqa_r", "tatoeba", "miracl"], int | None] = Field(
+        default_factory=dict, description="eval.max_questions for one benchmark; null there: all its questions "
+        "(e.g. {mlqa_r: 150} samples MLQA-R only, while every held-out XQuAD-R question and every Tatoeba line "
+        "is a query).")
     sample_seed: int = Field(0, description="Seed of the eval.max_questions sample.")
     pool: Literal["full", "question_paragraphs"] = Field(
         "full", description="QA candidate pool: every sentence, or only the paragraphs of the kept questions."
@@ -430,9 +438,21 @@ class EvalConfig(_Strict):
             raise ValueError("num_encoders must be at least 1 (or auto)")
         return v
 
+    @field_validator("max_questions_by_benchmark")
+    @classmethod
+    def _positive_caps(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        bad = [k for k, n in v.items() if n is not None and n < 1]
+        if bad:
+            raise ValueError(f"caps must be at least 1 (or null for all questions): {bad}")
+        return v
+
     def pool_of(self, benchmark: str) -> str:
         """The candidate pool of one QA benchmark."""
         return self.pool_by_benchmark.get(benchmark, self.pool)
+
+    def max_questions_of(self, benchmark: str) -> int | None:
+        """The question (or query line) cap of one benchmark; None: all of them."""
+        return self.max_questions_by_benchmark.get(benchmark, self.max_questions)
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=4)
     precision: Literal["auto", "fp32", "bf16", "bf16_weights"] = Field(

@@ -119,13 +119,13 @@ def _qa_headline(name: str) -> Callable[[list[str]], list[str]]:
 
 def _load_xquad_r(cfg: HBTConfig, split: str, languages: list[str] | None, articles: list[str] | None) -> QABenchmark:
     e = cfg.eval
-    return load_xquad_r(resolve_path(e.xquad_r_path), languages, articles, e.max_questions,
+    return load_xquad_r(resolve_path(e.xquad_r_path), languages, articles, e.max_questions_of("xquad_r"),
                         e.pool_of("xquad_r") == "question_paragraphs", e.sample_seed)
 
 
 def _load_mlqa_r(cfg: HBTConfig, split: str, languages: list[str] | None, articles: list[str] | None) -> QABenchmark:
     e = cfg.eval
-    return load_mlqa_r(resolve_path(e.mlqa_r_path), languages, e.max_questions,
+    return load_mlqa_r(resolve_path(e.mlqa_r_path), languages, e.max_questions_of("mlqa_r"),
                        restrict_pool=e.pool_of("mlqa_r") == "question_paragraphs", sample_seed=e.sample_seed)
 
 
@@ -135,7 +135,7 @@ def _load_mlqa_r(cfg: HBTConfig, split: str, languages: list[str] | None, articl
 def _load_tatoeba(cfg: HBTConfig, split: str, languages: list[str] | None,
                   articles: list[str] | None) -> list[BitextBenchmark]:
     e = cfg.eval
-    return sample_tatoeba(load_tatoeba(resolve_path(e.tatoeba_path), e.tatoeba_languages), e.max_questions,
+    return sample_tatoeba(load_tatoeba(resolve_path(e.tatoeba_path), e.tatoeba_languages), e.max_questions_of("tatoeba"),
                           e.sample_seed)
 
 
@@ -167,7 +167,7 @@ def _load_miracl(cfg: HBTConfig, split: str, languages: list[str] | None,
     e = cfg.eval
     if not e.miracl_path or not e.miracl_languages:
         raise BenchmarkError("eval.miracl_path", "benchmark 'miracl' needs eval.miracl_path and eval.miracl_languages")
-    return [load_miracl(resolve_path(e.miracl_path), lang, "dev", e.max_questions) for lang in e.miracl_languages]
+    return [load_miracl(resolve_path(e.miracl_path), lang, "dev", e.max_questions_of("miracl")) for lang in e.miracl_languages]
 
 
 def _miracl_texts(benches: list[AdhocBenchmark]) -> list[TextGroup]:
