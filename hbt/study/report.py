@@ -214,6 +214,7 @@ def compute_report(
     margin: float = 0.01,
     primary: str | None = None,
     domain_shift: Sequence[str] = (),
+    reduced_pools: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Computes the report as a JSON-ready dict (no files).
 
@@ -230,6 +231,8 @@ def compute_report(
         margin: the non-inferiority margin of the domain-shift endpoints.
         primary: the in-domain endpoint, tested for superiority.
         domain_shift: the domain-shift endpoints, tested for non-inferiority with Holm across the family.
+        reduced_pools: benchmarks whose candidate pool is cut to the sampled questions' paragraphs:
+            their mAP is not the benchmark's published one, and every table says so beside the name.
 
     Returns:
         The report: ``answer`` (one sentence from the verdicts), ``endpoints``, ``rows``,
@@ -255,21 +258,31 @@ def compute_report(
     for key in keys:
         rows[key], raw[key] = _metric_row(key, runs, hbt_name, comparators, not lower_is_better(key), boot, unit)
 
-    endpoints: dict[str, Any] = {"margin": margin, "primary": None, "domain_shift": [], "holm_family": 0}
+    endpoints: dict[str, Any] = {"margin": margin, "primary": None, "domain_shift": [], "fine_tuning": [],
+                                 "holm_family": 0}
     if primary:
         comps = {}
         for other in comparators:
             res = raw[primary][other]
-            comps[other] = None if res is None else {**res.to_dict(), "verdict": superiority_verdict(res)}
+            comps[other] = None if res is None else {
+                **res.to_dict(), "verdict": superiority_verdict(res.oriented(not lower_is_better(primary)))}
         endpoints["primary"] = {"key": primary, "test": "superiority", "comparisons": comps}
-    family = [(key, other, raw[key][other]) for key in domain_shift for other in comparators]
-    missing = [f"{k} vs {o}" for k, o, r in family if r is None]
-    if missing:
-        raise ValueError(f"domain-shift endpoints without per-query scores: {missing}")
-    verdicts = noninferiority_verdicts([r for _, _, r in family], margin, 1.0 - confidence)
-    for (key, other, res), v in zip(family, verdicts):
-        endpoints["domain_shift"].append({"key": key, "comparator": other, **res.to_dict(), **v})
-    endpoints["holm_family"] = len(family)
+    # Two families, each Holm-corrected on its own. The question ("does HBT's batching hurt
+    # under domain shift?") is HBT against the trained baselines; HBT against the untrained
+    # model asks another one ("does fine-tuning hurt?") and must not dilute or decide it.
+    families = {"domain_shift": list(baselines), "fine_tuning": [ZERO_SHOT] if zero_shot is not None else []}
+    for name, against in families.items():
+        family = [(key, other, raw[key][other]) for key in domain_shift for other in against]
+        missing = [f"{k} vs {o}" for k, o, r in family if r is None]
+        if missing:
+            raise ValueError(f"domain-shift endpoints without per-query scores: {missing}")
+        # Verdicts read "better" as up: a lower-is-better endpoint (language bias) is tested on its negation.
+        verdicts = noninferiority_verdicts([r.oriented(not lower_is_better(k)) for k, _, r in family], margin,
+                                           1.0 - confidence)
+        endpoints[name] = [{"key": key, "comparator": other, "higher_is_better": not lower_is_better(key),
+                            **res.to_dict(), **v} for (key, other, res), v in zip(family, verdicts)]
+        endpoints[f"holm_{name}"] = len(family)
+    endpoints["holm_family"] = endpoints["holm_domain_shift"]
     answer_text = answer([(e["key"], display_name(e["comparator"]), e["verdict"]) for e in endpoints["domain_shift"]],
                          margin, display_name(hbt_name))
 
@@ -287,10 +300,13 @@ def compute_report(
         "strategies": list(scores),
         "seeds": {name: [str(s) for s in seeds] for name, seeds in scores.items()},
         "reductions": list(reductions),
+        "reduced_pools": list(reduced_pools),
         "bootstrap": {"n_samples": n_samples, "confidence": confidence, "seed": seed, "unit": unit,
                       "statistic": "mean over strata (languages or ordered pairs) of stratum means; plain mean "
                                    "where a metric pools all queries",
-                      "seeds": "each replicate also draws each strategy's seeds with replacement"},
+                      "seeds": "a seed component added to each replicate: sqrt(s_a^2/n_a + s_b^2/n_b) x Student t "
+                               "with Welch-Satterthwaite degrees of freedom (s^2: the seeds' variance less the "
+                               "question x seed interaction)"},
         "confidence_pct": round(confidence * 100),
         "endpoints": endpoints,
         "rows": [rows[k] for k in metrics],
@@ -321,6 +337,17 @@ def _fmt_comp(c: dict[str, Any] | None) -> str:
     return f"{_fmt(c['diff'], True)} [{_fmt(c['low'], True)}, {_fmt(c['high'], True)}]"
 
 
+REDUCED_POOL_MARK = " (reduced pool‡)"
+REDUCED_POOL_NOTE = ("‡ candidate pool cut to the paragraphs of the sampled questions: not the benchmark's published "
+                     "mAP, which ranks every sentence of the benchmark.")
+
+
+def _benchmark_label(report: dict[str, Any], key_or_benchmark: str) -> str:
+    """A benchmark's (or metric key's) name, marked where its candidate pool is reduced."""
+    benchmark = key_or_benchmark.split("/")[0]
+    return key_or_benchmark + (REDUCED_POOL_MARK if benchmark in report.get("reduced_pools", ()) else "")
+
+
 def _name(comp: str) -> str:
     return "zero-shot" if comp == ZERO_SHOT else display_name(comp)
 
@@ -338,10 +365,13 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in report["rows"]:
         metric = r["metric"] + ("" if r["higher_is_better"] else " ↓")
-        cells = [r["benchmark"] or "—", r["setting"] or "—", metric, _fmt(r["zero_shot"])]
+        cells = [_benchmark_label(report, r["benchmark"]) if r["benchmark"] else "—", r["setting"] or "—", metric,
+                 _fmt(r["zero_shot"])]
         cells += [_fmt_score(r["scores"].get(s)) for s in report["strategies"]]
         cells += [_fmt_comp(r["comparisons"].get(b)) for b in report["comparators"]]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r["benchmark"] in report.get("reduced_pools", ()) for r in report["rows"]):
+        lines += ["", REDUCED_POOL_NOTE]
     return "\n".join(lines)
 
 
@@ -357,19 +387,42 @@ def endpoints_table(report: dict[str, Any]) -> str:
         for comp, c in ep["primary"]["comparisons"].items():
             out.append(f"| {_name(comp)} | {_fmt_comp(c)} | {c['verdict'] if c else '—'} |")
         out.append("")
-    if ep["domain_shift"]:
-        out += [f"Domain shift (non-inferiority at margin {ep['margin']:g}, Holm over {ep['holm_family']} comparisons):",
-                "", f"| endpoint | {hbt} − | difference [{pct}% CI] | p non-inferior (Holm) | verdict |",
-                "|---|---|---|---|---|"]
-        for e in ep["domain_shift"]:
-            out.append(f"| {e['key']} | {_name(e['comparator'])} | {_fmt_comp(e)} | "
+    titles = {"domain_shift": "Domain shift, against the trained baselines: does {hbt}'s batching hurt?",
+              "fine_tuning": "Domain shift, against the untrained model: does fine-tuning hurt? (a family of its own)"}
+    marked = False
+    for name, title in titles.items():
+        entries = ep.get(name) or []
+        if not entries:
+            continue
+        out += [title.format(hbt=hbt) + f" Non-inferiority at margin {ep['margin']:g}, Holm over "
+                f"{ep.get(f'holm_{name}', len(entries))} comparisons.", "",
+                f"| endpoint | {hbt} − | difference [{pct}% CI] | seeds' share of the variance | "
+                "p non-inferior (Holm) | verdict |", "|---|---|---|---|---|---|"]
+        for e in entries:
+            key = _benchmark_label(report, e["key"]) + ("" if e.get("higher_is_better", True) else " ↓")
+            out.append(f"| {key} | {_name(e['comparator'])} | {_fmt_comp(e)} | {_seed_share(e)} | "
                        f"{e['p_noninferior']:.4f} ({e['p_noninferior_holm']:.4f}) | {e['verdict']}"
                        f"{'' if e.get('mc_stable', True) else ' †'} |")
-        if not all(e.get("mc_stable", True) for e in ep["domain_shift"]):
-            out += ["", "† within Monte Carlo error of its threshold: the verdict changes when the p-values move by "
-                    "2 Monte Carlo standard errors (study.bootstrap_samples replicates); more replicates or another "
-                    "resampling seed may change it."]
-    return "\n".join(out)
+            marked |= not e.get("mc_stable", True)
+        out.append("")
+    if any(e["key"].split("/")[0] in report.get("reduced_pools", ()) for name in titles for e in ep.get(name) or []):
+        out += [REDUCED_POOL_NOTE, ""]
+    if marked:
+        out += ["† within Monte Carlo error of its threshold: the verdict changes when the p-values move by "
+                "2 Monte Carlo standard errors (study.bootstrap_samples replicates); more replicates or another "
+                "resampling seed may change it."]
+    return "\n".join(out).rstrip("\n")
+
+
+def _seed_share(e: dict[str, Any]) -> str:
+    """The seed component's share of a difference's variance, as a percentage (— when unknown)."""
+    vq = e.get("var_questions")
+    if vq is None:
+        return "—"
+    vs = e["seed_var_a"] / e["n_seeds_a"] + e["seed_var_b"] / e["n_seeds_b"]
+    if e["n_seeds_a"] < 2:
+        return "unknown (1 seed)"
+    return f"{100 * vs / (vs + vq):.0f}%" if vs + vq > 0 else "—"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -392,17 +445,23 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"cluster bootstrap ({bs['n_samples']} replicates, seed {bs['seed']}): each replicate draws "
            f"{'articles (in domain; questions elsewhere)' if bs['unit'] == 'article' else 'questions'} with "
            "replacement, the same draw for both systems, so a question's language versions and X→Y pairs move "
-           "together; it also draws each strategy's seeds with replacement, so the intervals cover training "
-           "randomness too. The statistic is the one in the score columns: the mean over languages (or ordered "
-           "pairs) of their means, or the plain mean where a metric pools all queries.",
+           "together. Training randomness is a seed component added to each replicate: the seeds' sample "
+           "variance of each strategy's score (less the question × seed interaction the question draw already "
+           "holds), divided by its seed count, times a Student t draw with the Welch–Satterthwaite degrees of "
+           "freedom. With 3 seeds that is t on about 4 degrees of freedom: wide tails, because 3 seeds say "
+           "little about seed variance. With one seed per strategy the seed variance is unknown and the "
+           "intervals cover question sampling only. The statistic is the one in the score columns: the mean "
+           "over languages (or ordered pairs) of their means, or the plain mean where a metric pools all "
+           "queries.",
            "",
            f"Verdicts: the primary endpoint is tested for superiority (better: the interval lies above 0). Each "
            f"domain-shift endpoint is compared for {hbt} against each baseline and the zero-shot model with the "
            f"non-inferiority margin {ep['margin']:g} (absolute): *non-inferior* when the difference is shown above "
            f"−{ep['margin']:g}, *better* when above 0, *inferior* when below −{ep['margin']:g}, else *inconclusive*; "
-           "one-sided tests at 2.5%, Holm-adjusted across the family, so a verdict can be stricter than its "
-           "unadjusted interval. The answer above is derived from these verdicts alone; a non-significant "
-           "difference is not read as \"no harm\". ↓ marks lower-is-better metrics (language bias).",
+           "one-sided tests at 2.5%, Holm-adjusted within each family (against the trained baselines; against "
+           "the untrained model), so a verdict can be stricter than its unadjusted interval. On a ↓ "
+           "(lower-is-better) endpoint the same tests run on the negated difference. The answer above is derived "
+           "from the first family's verdicts alone; a non-significant difference is not read as \"no harm\".",
            "", "## Reductions", ""]
     out += [f"- {x}" for x in report["reductions"]] or ["None: this is a full-scale run."]
     plots = report.get("files", {}).get("plots", [])

@@ -60,10 +60,12 @@ def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[
     out.append(f"{len(cfg.study.seeds)} training seed(s) per strategy ({', '.join(map(str, cfg.study.seeds))})")
     if cfg.eval.languages:
         out.append(f"evaluation languages {', '.join(cfg.eval.languages)}")
-    if cfg.eval.max_questions:
-        out.append(f"evaluation on a seeded sample of {cfg.eval.max_questions} questions per QA benchmark (stratified "
-                   f"by article for XQuAD-R, by context for MLQA-R; seed {cfg.eval.sample_seed}) and "
-                   f"{cfg.eval.max_questions} Tatoeba query lines per language against the full target side")
+    sampled = {b: n for b in cfg.eval.benchmarks if (n := cfg.eval.max_questions_of(b))}
+    how = {"xquad_r": "questions (stratified by article)", "mlqa_r": "questions (stratified by context)",
+           "tatoeba": "query lines per language against the full target side", "miracl": "topics per language"}
+    if sampled:
+        out.append("evaluation on seeded samples (seed " f"{cfg.eval.sample_seed}): "
+                   + "; ".join(f"{b} {n} {how[b]}" for b, n in sampled.items()))
     cut = [b for b in ("xquad_r", "mlqa_r") if b in cfg.eval.benchmarks and cfg.eval.pool_of(b) == "question_paragraphs"]
     if cut:
         out.append(f"candidate pools of {', '.join(cut)} cut to the paragraphs of the sampled questions "
@@ -107,7 +109,9 @@ def _report(cfg: HBTConfig, scores: dict[str, dict[int, Any]], zero_shot: Any, s
                         reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
                         confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
                         margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
-                        domain_shift=cfg.domain_shift_endpoints())
+                        domain_shift=cfg.domain_shift_endpoints(),
+                        reduced_pools=[b for b in ("xquad_r", "mlqa_r") if b in cfg.eval.benchmarks
+                                       and cfg.eval.pool_of(b) == "question_paragraphs"])
 
 
 def _print_report(report: dict[str, Any]) -> None:
