@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from hbt.config import (ConfigError, HBTConfig, HbtError, Interrupted, check_cluster_handoffs, load_config,
                         paths_are_local, redact_text)
@@ -156,14 +156,50 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_options(pairs: list[str]) -> dict[str, list[Any]]:
+    """``seeds=3,5,10 questions=current,all`` → the planner's lists (one-line errors naming the key)."""
+    out: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ("seeds", "questions"):
+            raise ConfigError(f"--plan takes seeds=N[,N...] and questions=current|all|N[,...], got {pair!r}")
+        items = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if key == "seeds":
+            if not all(v.isdigit() and int(v) >= 1 for v in items):
+                raise ConfigError(f"seeds: positive integers expected, got {value!r}")
+            out[key] = [int(v) for v in items]
+        else:
+            if not all(v in ("current", "all") or (v.isdigit() and int(v) >= 2) for v in items):
+                raise ConfigError(f"questions: current, all or a count of at least 2 expected, got {value!r}")
+            out[key] = [v if v in ("current", "all") else int(v) for v in items]
+    return out
+
+
+def _cmd_plan(study_dir: Path, pairs: list[str]) -> int:
+    from hbt.study.plan import plan_markdown, plan_study_dir
+
+    opts = _plan_options(pairs)
+    print(plan_markdown(plan_study_dir(study_dir, opts.get("seeds"), opts.get("questions"))))
+    return 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
+    if args.plan:
+        return _cmd_plan(Path(args.plan), args.overrides)
     if args.report_from:
         from hbt.study.runner import rebuild_report
 
         study_dir = Path(args.report_from)
         # The study's own config unless one is given: its strategies, seeds and endpoints.
         rebuild_report(load_config(args.config or study_dir / "config.yaml", args.overrides), study_dir)
+        if args.publish:
+            from hbt.study.readme import publish
+
+            for path in publish(study_dir, args.publish, args.readme):
+                print(f"[hbt] wrote {path}", file=sys.stderr)
         return 0
+    if args.publish or args.readme:
+        raise ConfigError("--publish and --readme go with --report-from STUDY_DIR")
     from hbt.config import with_overrides
     from hbt.study import run_study
 
@@ -264,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--report-from", metavar="STUDY_DIR", default=None,
                     help="recompute a finished study's report from its saved evaluations (no training), with "
                          "the study.* statistics of STUDY_DIR/config.yaml and the overrides")
+    st.add_argument("--publish", metavar="DOCS_DIR", default=None,
+                    help="with --report-from: copy the report, plots and run facts into DOCS_DIR (e.g. docs/study)")
+    st.add_argument("--readme", metavar="README", default=None,
+                    help="with --publish: rewrite README's generated study section from the published report")
+    st.add_argument("--plan", metavar="STUDY_DIR", default=None,
+                    help="project a finished study's verdicts and time at other designs (seeds=N,... "
+                         "questions=current|all|N,...): no training, no Ray")
     st.add_argument("--resume", metavar="STUDY_DIR", default=None,
                     help="continue an interrupted study: finished training runs and evaluations whose config "
                          "matches are reused, the rest run (a cut-short training run from its last checkpoint)")

@@ -43,3 +43,26 @@ def resolve_train_precision(precision: str, gpu: bool) -> tuple[str, str]:
     if bf16_is_fast(gpu):
         return "bf16", "auto: a bf16 GPU" if gpu else "auto: a CPU with bf16 matrix instructions (AMX or AVX512-BF16)"
     return "fp32", "auto: no bf16 GPU, and a CPU without AMX or AVX512-BF16"
+
+
+def machine_facts() -> dict[str, object]:
+    """What a result was measured on, for its JSON: CPU model, cores, bf16 instructions, GPU, torch."""
+    import os
+
+    import torch
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        info = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "cores": os.cpu_count(), "amx": "amx_bf16" in info, "avx512_bf16": "avx512_bf16" in info,
+            "gpu": gpu, "torch": torch.__version__}
+
+
+def machine_text(facts: dict[str, object]) -> str:
+    """``AMD EPYC, 2 cores, AVX512-BF16, no GPU``: a machine in words, from :func:`machine_facts`."""
+    bf16 = "AMX" if facts.get("amx") else ("AVX512-BF16" if facts.get("avx512_bf16") else "no bf16 instructions")
+    return f"{facts.get('cpu')}, {facts.get('cores')} cores, {bf16}, " + (
+        f"GPU {facts['gpu']}" if facts.get("gpu") else "no GPU")

@@ -155,7 +155,7 @@ def test_resolve_path_order(tmp_path, monkeypatch):
     [
         (["study.domain_shift_endpoints=[mlqa_r/monolingual/mAP]"], r"study endpoint 'mlqa_r/monolingual/mAP' is not produced"),
         (["eval.benchmarks=[xquad_r,tatoeba]", "study.primary_endpoint=xquad_r/multilingual/nDCG@100"], "study endpoint"),
-        (["study.strategies=[x_x_mono,x_y]"], r"study\.strategies must hold 'hbt'"),
+        (["study.strategies=[x_x_mono,x_y]"], r"study\.strategies must hold study\.under_test \('hbt'\)"),
         (["study.strategies=[hbt]"], "at least one baseline"),
         (["study.noninferiority_margin=0"], r"study\.noninferiority_margin"),
         (["study.bootstrap_unit=row"], r"study\.bootstrap_unit"),

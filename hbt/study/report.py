@@ -464,6 +464,10 @@ def render_markdown(report: dict[str, Any]) -> str:
            "from the first family's verdicts alone; a non-significant difference is not read as \"no harm\".",
            "", "## Reductions", ""]
     out += [f"- {x}" for x in report["reductions"]] or ["None: this is a full-scale run."]
+    if report.get("plan"):
+        from hbt.study.plan import plan_markdown
+
+        out += ["", "## Plan: what would settle the open comparisons", "", plan_markdown(report["plan"])]
     plots = report.get("files", {}).get("plots", [])
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from hbt.config import (STUDY_STRATEGIES, HbtError, HBTConfig, Interrupted, dump_config, with_overrides,
-                        write_text_atomic)
+from hbt.config import (STUDY_STRATEGIES, HbtError, HBTConfig, Interrupted, dump_config, read_json_file,
+                        with_overrides, write_text_atomic)
+from hbt.hardware import machine_facts
 from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
-from hbt.study.report import build_report, endpoints_table, summary_table
+from hbt.study.report import compute_report, endpoints_table, summary_table, write_report
 from hbt.tracking import tracker_for, tracking_uri
 
 def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
@@ -58,6 +59,11 @@ def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[
     out.append(f"{cfg.train.max_steps} steps of {cfg.batching.global_batch_size} pairs, sequences of "
                f"{cfg.model.max_query_length}/{cfg.model.max_passage_length} tokens")
     out.append(f"{len(cfg.study.seeds)} training seed(s) per strategy ({', '.join(map(str, cfg.study.seeds))})")
+    if cfg.batching.language_schedule == "balanced":
+        out.append("balanced language schedules (batching.language_schedule), where the paper draws every batch "
+                   "independently: each language (each ordered pair for X-Y) comes up in proportion over every round "
+                   "of steps and a hybrid run is monolingual on exactly alpha of each 20 steps, so which languages "
+                   "a seed happened to draw no longer adds to the seed variance")
     if cfg.eval.languages:
         out.append(f"evaluation languages {', '.join(cfg.eval.languages)}")
     sampled = {b: n for b in cfg.eval.benchmarks if (n := cfg.eval.max_questions_of(b))}
@@ -102,16 +108,23 @@ def pace_text(pace: dict[str, float]) -> str:
     return f" ({pace['pairs_per_s']:.1f} pairs/s, data wait {100 * pace['data_wait_frac']:.2f}%)"
 
 
-def _report(cfg: HBTConfig, scores: dict[str, dict[int, Any]], zero_shot: Any, study_dir: Path) -> dict[str, Any]:
-    """The report of these evaluations under ``cfg.study``'s statistics, written to ``study_dir``."""
-    return build_report(scores, zero_shot, headline_metrics(cfg), study_dir,
-                        baselines=[s for s in cfg.study.strategies if s != "hbt"],
-                        reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
-                        confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
-                        margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
-                        domain_shift=cfg.domain_shift_endpoints(),
-                        reduced_pools=[b for b in ("xquad_r", "mlqa_r") if b in cfg.eval.benchmarks
-                                       and cfg.eval.pool_of(b) == "question_paragraphs"])
+def _report(cfg: HBTConfig, scores: dict[str, dict[int, Any]], zero_shot: Any, study_dir: Path,
+            timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """The report of these evaluations under ``cfg.study``'s statistics, with its power plan, written to ``study_dir``."""
+    from hbt.study.plan import available_questions, design_plan
+
+    report = compute_report(scores, zero_shot, headline_metrics(cfg),
+                            hbt_name=cfg.study.under_test,
+                            baselines=[s for s in cfg.study.strategies if s != cfg.study.under_test],
+                            reductions=reductions(cfg, zero_shot.info), n_samples=cfg.study.bootstrap_samples,
+                            confidence=cfg.study.confidence, unit=cfg.study.bootstrap_unit,
+                            margin=cfg.study.noninferiority_margin, primary=cfg.primary_endpoint(),
+                            domain_shift=cfg.domain_shift_endpoints(),
+                            reduced_pools=[b for b in ("xquad_r", "mlqa_r") if b in cfg.eval.benchmarks
+                                           and cfg.eval.pool_of(b) == "question_paragraphs"])
+    if report["endpoints"]["domain_shift"]:
+        report["plan"] = design_plan(report, timings, available_questions(zero_shot.info))
+    return write_report(report, study_dir)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -142,7 +155,9 @@ def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
                 raise HbtError(f"{run}: no evaluation of {strategy} seed {seed} in this study "
                                "(study.strategies and study.seeds must be ones it ran)")
             scores.setdefault(strategy, {})[seed] = EvalResult.load(run)
-    report = _report(cfg, scores, EvalResult.load(study_dir / "zero_shot"), study_dir)
+    timings_file = study_dir / "timings.json"
+    timings = read_json_file(timings_file, "the study's timings") if timings_file.exists() else None
+    report = _report(cfg, scores, EvalResult.load(study_dir / "zero_shot"), study_dir, timings)
     _print_report(report)
     print(f"\n[hbt] report recomputed from the saved evaluations: {(study_dir / 'report.md').resolve()}")
     return report
@@ -273,6 +288,8 @@ def run_study(cfg: HBTConfig, resume: bool = False) -> dict[str, Any]:
     study_dir = Path(cfg.output_dir) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, study_dir / "config.yaml")
+    # The machine the study's time was measured on (the README section states it).
+    write_text_atomic(study_dir / "machine.json", json.dumps(machine_facts(), indent=2))
     init_ray(cfg.ray.address)
     parent = _parent_run(cfg, name, study_dir, resume)
     parent.log_params(cfg.model_dump(mode="json"))
@@ -361,7 +378,7 @@ def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Pr
                 {"hbt.strategy": strategy, "hbt.seed": str(seed)}, progress)
             print(f"[hbt] {tag}: {verb} ({timings[f'train/{tag}']:.0f}s){pace_text(pace[tag])}, "
                   f"{'reused' if reused else 'evaluated'} ({timings[f'eval/{tag}']:.0f}s)", flush=True)
-    report = _report(cfg, scores, zero_shot, study_dir)
+    report = _report(cfg, scores, zero_shot, study_dir, timings)
     timings["total"] = time.time() - t0
     write_text_atomic(study_dir / "timings.json", json.dumps(timings, indent=2))
     write_text_atomic(study_dir / "training_pace.json", json.dumps(pace, indent=2))

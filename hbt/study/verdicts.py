@@ -70,9 +70,9 @@ def noninferiority_verdicts(results: Sequence[BootstrapResult], margin: float, a
     ends = []
     for sign in (-1.0, 1.0):
         moved = {k: _mc_bound(v, n, sign) for k, v in raw.items()}
-        ends.append(_decide({k: (holm(v) if correct else v) for k, v in moved.items()}, alpha / 2))
+        ends.append(decide({k: (holm(v) if correct else v) for k, v in moved.items()}, alpha / 2))
     out = []
-    for i, verdict in enumerate(_decide(adj, alpha / 2)):
+    for i, verdict in enumerate(decide(adj, alpha / 2)):
         entry: dict[str, float | str | bool] = {"verdict": verdict,
                                                "mc_stable": all(e[i] == verdict for e in ends)}
         for k in raw:
@@ -82,7 +82,7 @@ def noninferiority_verdicts(results: Sequence[BootstrapResult], margin: float, a
     return out
 
 
-def _decide(adj: dict[str, list[float]], level: float) -> list[str]:
+def decide(adj: dict[str, list[float]], level: float) -> list[str]:
     """The verdict of each comparison from its adjusted one-sided p-values."""
     out = []
     for i in range(len(adj["p_better"])):

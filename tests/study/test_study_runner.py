@@ -62,8 +62,12 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
         for seed in (0, 1):
             assert (out / "eval" / f"{strategy}-s{seed}" / "metrics.json").exists()
     assert "xquad_r" in md and "tatoeba" in md and saved == json.loads(json.dumps(report))
-    # 2 endpoints x (1 baseline + zero-shot), Holm over the 4; the answer comes from their verdicts
-    assert saved["endpoints"]["holm_family"] == 4 and saved["endpoints"]["primary"]["key"] == "xquad_r/multilingual/mAP"
+    # 2 endpoints x 1 baseline, Holm over the 2; zero-shot is a family of its own; the answer comes from the first
+    assert saved["endpoints"]["holm_family"] == 2 and saved["endpoints"]["holm_fine_tuning"] == 2
+    assert saved["endpoints"]["primary"]["key"] == "xquad_r/multilingual/mAP"
+    # The power plan closes the report, projected from the estimates and the measured pace.
+    assert "## Plan" in md and saved["plan"]["designs"] and all(r["hours"] > 0 for r in saved["plan"]["designs"])
+    assert json.loads((out / "machine.json").read_text())["cores"] >= 1
     assert saved["answer"].split(":")[0] in ("No", "Yes", "Not settled at margin 0.01")
     assert saved["rows"][0]["scores"]["hbt"]["n_seeds"] == 2
     assert any("questions per article" in r for r in saved["reductions"])
@@ -94,6 +98,39 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
     assert rebuilt["bootstrap"]["n_samples"] == 300 and saved["bootstrap"]["n_samples"] == 200
     assert [r["scores"] for r in rebuilt["rows"]] == [r["scores"] for r in saved["rows"]]
     assert rebuilt["answer"] in again.stdout and "Started a local Ray" not in again.stdout + again.stderr
+
+    # The planner at other designs, and publishing into docs with a README section, both without Ray.
+    plan = subprocess.run([sys.executable, "-m", "hbt.cli", "study", "--plan", str(out), "seeds=2,6",
+                           "questions=current,all"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.count("\n| current | ") == 2 and plan.stdout.count("\n| all | ") == 2
+    from hbt.study.readme import BEGIN, END
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{BEGIN}\nold\n{END}\n\nrest\n", encoding="utf-8")
+    pub = subprocess.run([sys.executable, "-m", "hbt.cli", "study", "--report-from", str(out), "--publish",
+                          str(tmp_path / "docs"), "--readme", str(readme)], capture_output=True, text=True,
+                         cwd=PROJECT_ROOT, timeout=600)
+    assert pub.returncode == 0, pub.stderr[-3000:]
+    assert (tmp_path / "docs" / "report.json").is_file() and list((tmp_path / "docs").glob("*.png"))
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("\n\nrest\n") and rebuilt["answer"] in text
+
+
+def test_plan_of_a_directory_that_is_no_study_or_with_a_bad_option_fails_in_one_line(tmp_path, capsys):
+    from hbt.cli import main
+
+    assert main(["study", "--plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a finished study directory" in err[0]
+    for bad, key in (("seeds=0", "seeds"), ("questions=few", "questions"), ("alpha=1", "--plan takes")):
+        assert main(["study", "--plan", str(tmp_path), bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0], err
+    (tmp_path / "report.json").write_text("{trunc", encoding="utf-8")
+    assert main(["study", "--plan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.json" in err[0]
 
 
 def test_report_from_a_directory_that_is_no_study_fails_in_one_line(tmp_path, capsys):
