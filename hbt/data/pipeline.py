@@ -257,6 +257,45 @@ def build_train_dataset(cfg: HBTConfig, model_dir: str, query_prefix: str, passa
     )
 
 
+def input_bytes(cfg: HBTConfig) -> int | None:
+    """Bytes on local disk of the configured training data; None when it is not a local path."""
+    import os
+
+    total = 0
+    for unit in read_units(cfg):
+        if "://" in unit.path:
+            return None
+        if os.path.isdir(unit.path):
+            total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(unit.path) for f in fs)
+        elif os.path.exists(unit.path):
+            total += os.path.getsize(unit.path)
+        else:
+            return None
+    return total
+
+
+def reads_in_driver(cfg: HBTConfig) -> bool:
+    """Whether the training data is small enough to read and tokenise in the driver (data.driver_read_max_mb)."""
+    size = input_bytes(cfg)
+    return size is not None and size <= cfg.data.driver_read_max_mb * 1e6
+
+
+def tokenised_rows_local(cfg: HBTConfig, model_dir: str, query_prefix: str, passage_prefix: str,
+                         split: str = "train") -> tuple[dict[str, np.ndarray], SkipLog]:
+    """The rows Ray Data's read + tokenise would produce, made in this process as one block.
+
+    The same readers in the same order, the same first ``data.max_questions`` rows and the
+    same :func:`tokenize_rows`: a table built either way trains identically.
+    """
+    rows, skips = iter_rows_local(cfg, split)
+    if not rows:
+        raise DataError("training data", "empty: no training rows were read")
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    block = tokenize_rows(batch, model_dir, list(cfg.data.languages), query_prefix, passage_prefix,
+                          cfg.model.max_query_length, cfg.model.max_passage_length)
+    return block, skips
+
+
 def materialize_train_table(ds) -> list[Any]:
     """Runs the read + tokenise pipeline once and keeps its blocks in the object store.
 

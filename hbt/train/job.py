@@ -126,7 +126,8 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, run_log: Any, mo
     from ray.data import DataContext
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from hbt.data.pipeline import build_train_dataset, make_skip_ledger, materialize_train_table
+    from hbt.data.pipeline import (build_train_dataset, make_skip_ledger, materialize_train_table, reads_in_driver,
+                                   tokenised_rows_local)
     from hbt.train.loop import train_loop_per_worker
 
     from hbt.model.storage import shareable_model
@@ -142,15 +143,24 @@ def build_trainer(cfg: HBTConfig, run_name: str, run_dir: Path, run_log: Any, mo
         ray.get(ledger.add.remote(skips))
         log.info("training data: the tokenised table of an earlier run in this session (%d blocks)", len(table))
     else:
-        # data.max_questions keeps the first N rows of the stream: fix the order so it is the same N every time.
-        DataContext.get_current().execution_options.preserve_order = True
         t0 = time.perf_counter()
-        # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
-        # store for every epoch, restart and worker (hbt.data.pipeline).
-        table = materialize_train_table(build_train_dataset(cfg, worker_model, q_prefix, p_prefix, "train", ledger))
-        if on_cluster(cfg):
-            table = _pinned_here(table)
-        log.info("training data read and tokenised in %.1fs (%d blocks)", time.perf_counter() - t0, len(table))
+        if reads_in_driver(cfg):
+            # A few thousand rows: read and tokenised here, in a second, where Ray Data's start-up
+            # would take ten. The block is put from the driver, so it lives on the head.
+            block, skips = tokenised_rows_local(cfg, worker_model, q_prefix, p_prefix, "train")
+            table = [ray.put(block)]
+            ray.get(ledger.add.remote(skips))
+            how = "in the driver"
+        else:
+            # data.max_questions keeps the first N rows of the stream: fix the order so it is the same N every time.
+            DataContext.get_current().execution_options.preserve_order = True
+            # Read and tokenise once, with Ray Data tasks; the blocks stay in the object
+            # store for every epoch, restart and worker (hbt.data.pipeline).
+            table = materialize_train_table(build_train_dataset(cfg, worker_model, q_prefix, p_prefix, "train", ledger))
+            if on_cluster(cfg):
+                table = _pinned_here(table)
+            how = "by Ray Data tasks"
+        log.info("training data read and tokenised %s in %.1fs (%d blocks)", how, time.perf_counter() - t0, len(table))
         while len(_TABLES) >= 2:  # the blocks stay pinned while cached: keep the last two tables
             _TABLES.pop(next(iter(_TABLES)))
         _TABLES[key] = (table, ray.get(ledger.get.remote()))

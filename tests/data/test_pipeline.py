@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from hbt.config import load_config
@@ -17,6 +18,8 @@ from hbt.data.pipeline import (
     fetch_train_table,
     make_skip_ledger,
     materialize_train_table,
+    reads_in_driver,
+    tokenised_rows_local,
 )
 from hbt.data.records import DataError
 from hbt.data.strategies import plan_step
@@ -70,6 +73,24 @@ def test_tokenised_table_feeds_disjoint_worker_batches(tiny_model_dir, ray_local
             seen[rank].update(pairs["qid_hash"].tolist())
     assert len(seen[0]) == len(seen[1]) == 24
     assert not seen[0] & seen[1]  # the workers' shards are disjoint in question ids
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_driver_read_builds_the_table_ray_data_builds(tmp_path, tiny_model_dir, ray_local, skip):
+    """Small data is read and tokenised in the driver: the same rows, ids and skip counts as Ray Data's tasks."""
+    _grouped_file(tmp_path / "a.jsonl", 60, bad_every=7 if skip else 0)
+    cfg = load_config(None, [f"data.path={tmp_path}", "data.format=grouped_jsonl", "data.languages=[en,de]",
+                             "data.max_questions=40", f"data.on_bad_record={'skip' if skip else 'error'}",
+                             "model.max_query_length=24", "model.max_passage_length=40"])
+    assert reads_in_driver(cfg)
+    assert not reads_in_driver(cfg.model_copy(update={"data": cfg.data.model_copy(update={"driver_read_max_mb": 0})}))
+    ledger = make_skip_ledger()
+    ray_table = fetch_train_table(materialize_train_table(
+        build_train_dataset(cfg, str(tiny_model_dir), "query: ", "passage: ", ledger=ledger)))
+    block, skips = tokenised_rows_local(cfg, str(tiny_model_dir), "query: ", "passage: ")
+    local = fetch_train_table([ray.put(block)])
+    assert set(local) == set(ray_table) and all(np.array_equal(local[k], ray_table[k]) for k in local)
+    assert skips.total == ray.get(ledger.get.remote()).total == (9 if skip else 0)
 
 
 def test_the_same_qid_in_two_files_is_refused(tmp_path, tiny_model_dir, ray_local):
