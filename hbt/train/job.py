@@ -39,7 +39,11 @@ def default_run_name(cfg: HBTConfig) -> str:
 
 
 def prefixes(cfg: HBTConfig, model_dir: str) -> tuple[str, str]:
-    """Query and passage prefixes: the config's, else the model's metadata."""
+    """Query and passage prefixes: the config's, else the model's metadata (a storage URI's too)."""
+    from hbt.model.storage import is_uri, local_model_dir
+
+    if is_uri(model_dir):
+        model_dir = local_model_dir(model_dir, weights=False)
     meta = read_metadata(model_dir) if Path(model_dir).is_dir() else None
     q = cfg.model.query_prefix if cfg.model.query_prefix is not None else (meta.query_prefix if meta else "")
     p = cfg.model.passage_prefix if cfg.model.passage_prefix is not None else (meta.passage_prefix if meta else "")

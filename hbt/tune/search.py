@@ -428,6 +428,14 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     base = with_overrides(cfg, {**space.fixed, "output_dir": str(root), "tracking.uri": uri, "ray.address": address})
 
     init_ray(cfg.ray.address)
+    if on_cluster(cfg) and not cfg.ray.shared_filesystem:
+        # A trial's driver may run on any node: a base model on this node's disk (the offline
+        # model, a path) is published to storage first, and the trials load it from there.
+        from hbt.model.offline import resolve_model_path
+        from hbt.model.storage import shareable_model
+
+        local = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
+        base = with_overrides(base, {"model.name_or_path": shareable_model(local, cfg)})
     # The Train-phase reports carry train/* only, the final one the objective:
     # Tune's check that every report holds the searched metric would reject
     # the former (the scheduler and searcher skip reports without their metric).
