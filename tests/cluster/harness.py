@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -161,6 +162,7 @@ class _PortPool:
 
     def __init__(self) -> None:
         self._given: set[int] = set()
+        self._lock = threading.Lock()
         self._rng = random.Random()
         self._lo, self._hi = self._range()
 
@@ -187,7 +189,11 @@ class _PortPool:
         return True
 
     def take(self, count: int = 1) -> list[int]:
-        """``count`` distinct free ports."""
+        """``count`` distinct free ports (thread-safe: clusters may start side by side)."""
+        with self._lock:
+            return self._take(count)
+
+    def _take(self, count: int) -> list[int]:
         out: list[int] = []
         for _ in range(50 * count + 100):
             if len(out) == count:
@@ -200,6 +206,10 @@ class _PortPool:
 
     def take_range(self, size: int) -> tuple[int, int]:
         """A contiguous run of ``size`` free ports, as (first, last) inclusive."""
+        with self._lock:
+            return self._take_range(size)
+
+    def _take_range(self, size: int) -> tuple[int, int]:
         for _ in range(200):
             first = self._rng.randrange(self._lo, self._hi - size)
             run = range(first, first + size)
@@ -563,6 +573,8 @@ class SimCluster:
         object_store_bytes: object store of each node (Ray's minimum is 75 MiB).
         worker_ports: size of each node's worker port range (one port per worker process).
         timeout_s: how long to wait for a node to come up.
+        dashboard: start the head's dashboard (the job API and the state API need it; its dozen
+            processes cost a busy host CPU that jobs started without them can use).
     """
 
     def __init__(
@@ -576,6 +588,7 @@ class SimCluster:
         object_store_bytes: int = 80 * 1024 * 1024,
         worker_ports: int = 100,
         timeout_s: float = 120.0,
+        dashboard: bool = True,
     ) -> None:
         self.tmp_root = Path(tmp_root)
         self.head_dirs = [Path(d).resolve() for d in head_dirs]
@@ -585,6 +598,7 @@ class SimCluster:
         self.object_store_bytes = object_store_bytes
         self.worker_ports = worker_ports
         self.timeout_s = timeout_s
+        self.dashboard = dashboard
         self.workers: list[WorkerNode] = []
         self.head: subprocess.Popen[bytes] | None = None
         self.short_root: Path | None = None
@@ -737,7 +751,8 @@ class SimCluster:
         })
         cmd = [str(RAY_BIN), "start", "--head", "--block", "--num-cpus=0",
                f"--port={self.gcs_port}",
-               "--include-dashboard=true", f"--dashboard-host={HEAD_IP}", f"--dashboard-port={self.dashboard_port}",
+               f"--include-dashboard={'true' if self.dashboard else 'false'}", f"--dashboard-host={HEAD_IP}",
+               f"--dashboard-port={self.dashboard_port}",
                f"--ray-client-server-port={self.client_port}", *_node_port_flags(self.worker_ports),
                f"--temp-dir={self.head_temp_dir}", f"--object-store-memory={self.object_store_bytes}",
                "--disable-usage-stats"]
@@ -756,7 +771,8 @@ class SimCluster:
         self._janitor.watch(self.head.pid)
         self._wait_port(self.gcs_port, self.head, log)
         self._wait_head(log)
-        self._wait_dashboard(log)
+        if self.dashboard:
+            self._wait_dashboard(log)
 
     def add_worker(self, cpus: int = 1, *, wait: bool = True,
                    resources: Mapping[str, float] | None = None) -> WorkerNode:
