@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hbt.config import HbtError, read_json_file
+from hbt.study.report import display_name
 from hbt.study.verdicts import decide, holm
 
 FAMILIES = ("domain_shift", "fine_tuning")
@@ -152,7 +153,18 @@ def design_plan(report: Mapping[str, Any], timings: Mapping[str, float] | None =
                 if settles is None or (row["hours"] or 0) < (settles["hours"] or 0):
                     settles = row
                 break
+    open_at_most = []
+    if settles is None:
+        # What stays open at the largest design tried, and why: more seeds do nothing for a
+        # comparison whose seed share is 0; more questions stop at what the benchmark holds.
+        largest = evaluate(q_list[-1], MAX_SEEDS)
+        for f in FAMILIES:
+            for e, v in zip(entries[f], largest[f"{f}_verdicts"]):
+                if v == "inconclusive":
+                    who = "zero-shot" if e["comparator"] == "zero_shot" else display_name(e["comparator"])
+                    open_at_most.append(f"{e['key']} vs {who} ({e['diff']:+.4f})")
     return {"margin": margin, "seeds_now": n_seeds, "designs": designs, "settles_all": settles,
+            "open_at_most": open_at_most, "largest": {"questions": q_list[-1], "seeds": MAX_SEEDS},
             "open_now": sum(e["verdict"] == "inconclusive" for e in every),
             "comparisons": [f"{e['key']} vs {e['comparator']}" for f in FAMILIES for e in entries[f]]}
 
@@ -182,8 +194,12 @@ def plan_markdown(plan: Mapping[str, Any]) -> str:
     best = plan["settles_all"]
     lines.append("")
     if best is None:
-        lines.append(f"No design up to {MAX_SEEDS} seeds settles every comparison: at least one estimate sits on "
-                     "its margin, where only a change in the estimate itself can decide it.")
+        largest = plan.get("largest", {"questions": "current", "seeds": MAX_SEEDS})
+        still = "; ".join(plan.get("open_at_most") or []) or "—"
+        lines.append(f"No design up to {largest['seeds']} seeds with {largest['questions']} questions settles every "
+                     f"comparison. Still open there: {still}. Their estimates lie too close to the margin (or to 0) "
+                     "for the questions the benchmarks hold, and seeds add little where their share of the variance "
+                     "is small.")
     else:
         hours = "" if best["hours"] is None else f", about {best['hours']:.1f} hours at this study's pace"
         lines.append(f"Settling every comparison takes about {best['seeds']} seeds per strategy with "

@@ -83,9 +83,9 @@ def _seed_lines(report: Mapping[str, Any]) -> list[str]:
         return []
     vals = sorted(int(s[:-1]) for s in shares)
     n = max(len(v) for v in report["seeds"].values())
-    return [f"- Training seeds are {vals[0]}–{vals[-1]}% of the variance of the domain-shift differences; with "
-            f"{n} seeds per strategy their intervals carry Student t tails ({n - 1} degrees of freedom per "
-            "strategy, Welch–Satterthwaite)."]
+    return [f"- Training seeds are {vals[0]}–{vals[-1]}% of the variance of the domain-shift differences (after "
+            "the question × seed interaction). Where they add variance, the interval has Student t tails: each "
+            f"strategy's {n} seeds bring {n - 1} degrees of freedom to the Welch–Satterthwaite count."]
 
 
 def readme_section(report: Mapping[str, Any], timings: Mapping[str, float] | None = None,

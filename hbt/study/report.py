@@ -513,7 +513,9 @@ def _plot_bias(bias: dict[str, Any], order: list[str], path: Path) -> None:
     """One panel per bias metric: rank distances (tens to hundreds) and rates (0–1) need their own axes."""
     from matplotlib.figure import Figure
 
-    keys = list(bias)
+    # own_language_chance is the same for every model (the pool's language share): it is drawn as
+    # the chance line of own_language_top1, not as bars of its own.
+    keys = [k for k in bias if not k.endswith("/own_language_chance")]
     ncols = min(4, len(keys))
     nrows = -(-len(keys) // ncols)
     fig = Figure(figsize=(3.2 * ncols + 0.6, 3.0 * nrows + 0.6), layout="constrained")
@@ -528,6 +530,12 @@ def _plot_bias(bias: dict[str, Any], order: list[str], path: Path) -> None:
         ax.set_xticks(range(len(groups)), [_name(s) for s in groups], fontsize=7, rotation=30, ha="right")
         ax.set_title(k, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
+        chance = bias.get(k.replace("/own_language_top1", "/own_language_chance")) if k.endswith("/own_language_top1") else None
+        if chance:
+            level = next(iter(chance.values()))["mean"]
+            ax.axhline(level, color="gray", linestyle="--", linewidth=1)
+            ax.annotate("no bias (chance)", (len(groups) - 0.5, level), fontsize=6, ha="right", va="bottom",
+                        color="gray")
     fig.suptitle("Language bias (lower: less bias; mean ± std over seeds)", fontsize=10)
     fig.savefig(path, dpi=120)
 
