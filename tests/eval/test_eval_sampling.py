@@ -62,5 +62,11 @@ def test_tatoeba_queries_are_sampled_and_targets_stay_whole():
 
 
 def test_local_config_evaluates_full_pools():
+    """Every held-out XQuAD-R question and every Tatoeba line is a query (both are encoded anyway);
+    MLQA-R alone is sampled, its pool cut to the sample's paragraphs (the report labels it)."""
     cfg = load_config(PROJECT_ROOT / "configs" / "local.yaml")
-    assert cfg.eval.pool == "full" and cfg.eval.max_questions == 150 and len(cfg.study.seeds) == 3
+    e = cfg.eval
+    assert e.pool_of("xquad_r") == "full" and e.max_questions_of("xquad_r") is None
+    assert e.max_questions_of("tatoeba") is None
+    assert e.max_questions_of("mlqa_r") == 150 and e.pool_of("mlqa_r") == "question_paragraphs"
+    assert len(cfg.study.seeds) == 3 and cfg.batching.language_schedule == "balanced"
