@@ -114,7 +114,7 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
     assert pub.returncode == 0, pub.stderr[-3000:]
     assert (tmp_path / "docs" / "report.json").is_file() and list((tmp_path / "docs").glob("*.png"))
     text = readme.read_text()
-    assert "old" not in text and text.endswith("\n\nrest\n") and rebuilt["answer"] in text
+    assert "\nold\n" not in text and text.endswith("\n\nrest\n") and rebuilt["answer"] in text
 
 
 def test_plan_of_a_directory_that_is_no_study_or_with_a_bad_option_fails_in_one_line(tmp_path, capsys):
