@@ -87,6 +87,17 @@ def _train_worker_nodes(cluster) -> set[str]:
     return {ips[a.node_id] for a in actors if a.node_id in ips}
 
 
+def _train_worker_ips_from_gcs(cluster) -> set[str]:
+    """The node IPs Ray Train's workers ran on (dead actors included), read from the GCS's actor
+    table by a driver: for a cluster started without the dashboard, which serves the state API."""
+    code = ("import json, ray\nray.init()\nfrom ray._private.state import state\n"
+            "ips = sorted({a['Address']['IPAddress'] for a in state.actor_table(None).values()"
+            " if a['ActorClassName'] == 'RayTrainWorker'})\nprint('RESULT ' + json.dumps(ips))\n")
+    done = cluster.run_driver(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:]))
+
+
 def _isolated_cluster(root: Path, head: Path, s3, dashboard: bool = True):
     """A started cluster: 0-CPU head, two isolated 1-CPU worker nodes (skips where isolation is refused)."""
     from tests.cluster.conftest import skip_unless_isolation_works
@@ -156,7 +167,7 @@ def _tune_job(lab: _Lab, cluster, head: Path) -> dict[str, Any]:
                           env=cluster.driver_env(**lab.s3.env), cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    return {"search": head / "out" / "cl-tune", "nodes": _train_worker_nodes(cluster),
+    return {"search": head / "out" / "cl-tune", "nodes": _train_worker_ips_from_gcs(cluster),
             "workers": set(cluster.worker_ips)}
 
 
@@ -380,8 +391,8 @@ def lanes(request, tmp_path_factory):
             if "scale" in wanted:
                 _single_lane(lab, "scale", _autoscale_job, state.futures)
             jobs = [(j, f) for j, f in (("isolation", _isolation_job), ("tune", _tune_job)) if j in wanted]
-            if jobs:
-                _isolated_lane(lab, "c", jobs, state.futures)
+            if jobs:  # neither needs the job or state API: no dashboard
+                _isolated_lane(lab, "c", jobs, state.futures, False)
 
         pool = ThreadPoolExecutor(max_workers=3)
         if "study" in wanted:
