@@ -85,9 +85,16 @@ def _mean_matrix(results: Iterable[EvalResultLike], name: str) -> dict[str, Any]
     for m in mats[1:]:
         if list(m["languages"]) != langs:
             raise ValueError(f"matrix {name!r}: languages differ across seeds")
-    values = np.mean([np.asarray(m["values"], dtype=np.float64) for m in mats], axis=0)
-    # None for missing pairs: report.json stays strict JSON (no NaN).
-    return {"languages": langs, "values": [[x if np.isfinite(x) else None for x in row] for row in values.tolist()]}
+    stack = np.asarray([np.asarray(m["values"], dtype=np.float64) for m in mats])
+    values = stack.mean(axis=0)
+
+    def strict(a: np.ndarray) -> list[list[float | None]]:  # None for missing pairs: report.json stays strict JSON
+        return [[x if np.isfinite(x) else None for x in row] for row in a.tolist()]
+
+    out: dict[str, Any] = {"languages": langs, "values": strict(values)}
+    if name.endswith("_by_language") and len(mats) > 1:  # drawn as bars with error bars
+        out["std"] = strict(stack.std(axis=0, ddof=1))
+    return out
 
 
 def _metric_value(result: EvalResultLike, key: str) -> float | None:
@@ -478,7 +485,38 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "matrix"
 
 
-def _plot_matrices(name: str, per: dict[str, Any], order: list[str], path: Path) -> None:
+_BENCHMARK_WORDS = {"xquad_r": "XQuAD-R", "mlqa_r": "MLQA-R", "tatoeba": "Tatoeba", "miracl": "MIRACL"}
+# metric -> (title in words, how to read the axis)
+_BIAS_WORDS = {
+    "own_language_top1": ("best answer in the query's language", "share of queries; near chance: less bias"),
+    "rank_distance_mean": ("rank gap between a question's\nanswers in its languages (mean)", "ranks; lower: less bias"),
+    "rank_distance_median": ("rank gap between a question's\nanswers in its languages (median)",
+                             "ranks; lower: less bias"),
+    "mAP_spread": ("mAP, best minus worst\nquery language", "lower: languages served evenly"),
+    "mAP_std": ("mAP, std over\nquery languages", "lower: languages served evenly"),
+}
+
+
+def _benchmark_words(key: str) -> str:
+    b = key.split("/")[0]
+    return _BENCHMARK_WORDS.get(b, b)
+
+
+def matrix_title(name: str) -> str:
+    """A plot title in words for a matrix key (``xquad_r/cross_lingual/mAP``)."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[1] == "cross_lingual":
+        return (f"{_benchmark_words(name)}, cross-lingual {parts[2]}: queries in language X (rows) against "
+                "candidates in language Y (columns); mean over seeds")
+    if len(parts) == 3 and parts[1] == "multilingual" and parts[2].endswith("_by_language"):
+        metric = parts[2].removesuffix("_by_language")
+        return (f"{_benchmark_words(name)}, multilingual {metric} by query language (one pool of every language); "
+                "mean ± std over seeds")
+    return name
+
+
+def plot_matrices(name: str, per: dict[str, Any], order: list[str], path: Path):
+    """One heatmap per model, query language X in rows and candidate language Y in columns."""
     # Figure without pyplot: no global backend state, renders with Agg.
     from matplotlib.figure import Figure
 
@@ -487,57 +525,91 @@ def _plot_matrices(name: str, per: dict[str, Any], order: list[str], path: Path)
     vmin = min(float(np.nanmin(v)) for v in vals)
     vmax = max(float(np.nanmax(v)) for v in vals)
     n_lang = max(len(per[s]["languages"]) for s in panels)
-    size = max(3.0, 0.38 * n_lang + 1.0)
-    fig = Figure(figsize=(size * len(panels) + 1.0, size + 0.6), layout="constrained")
+    # Cells big enough for a two-decimal label at 7 pt.
+    size = max(3.2, 0.5 * n_lang + 1.2)
+    fig = Figure(figsize=(size * len(panels) + 1.2, size + 1.0), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     im = None
     for ax, s, v in zip(axes, panels, vals):
         langs = per[s]["languages"]
         im = ax.imshow(v, vmin=vmin, vmax=vmax, cmap="viridis")
-        ax.set_xticks(range(len(langs)), langs, fontsize=7, rotation=90)
-        ax.set_yticks(range(len(langs)), langs, fontsize=7)
+        ax.set_xticks(range(len(langs)), langs, fontsize=8)
+        ax.set_yticks(range(len(langs)), langs, fontsize=8)
         ax.set_title("zero-shot" if s == ZERO_SHOT else display_name(s), fontsize=10)
-        ax.set_xlabel("candidate language Y", fontsize=8)
+        ax.set_xlabel("candidate language Y", fontsize=9)
         if ax is axes[0]:
-            ax.set_ylabel("query language X", fontsize=8)
+            ax.set_ylabel("query language X", fontsize=9)
         if len(langs) <= 12:
             for i, j in zip(*np.nonzero(np.isfinite(v))):
-                ax.text(j, i, f"{v[i, j]:.2f}", ha="center", va="center", fontsize=5,
+                ax.text(j, i, f"{v[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if v[i, j] < (vmin + vmax) / 2 else "black")
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
-    fig.suptitle(name)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label=name.split("/")[-1])
+    fig.suptitle(matrix_title(name), fontsize=10)
     fig.savefig(path, dpi=120)
+    return fig
 
 
-def _plot_bias(bias: dict[str, Any], order: list[str], path: Path) -> None:
-    """One panel per bias metric: rank distances (tens to hundreds) and rates (0–1) need their own axes."""
+def plot_by_language(name: str, per: dict[str, Any], order: list[str], path: Path):
+    """A per-language vector (one row per model) as grouped bars: one group per query language."""
+    from matplotlib.figure import Figure
+
+    panels = [s for s in [ZERO_SHOT, *order] if s in per]
+    langs = per[panels[0]]["languages"]
+    width = 0.8 / len(panels)
+    fig = Figure(figsize=(max(6.0, 0.9 * len(langs) + 2.0), 3.8), layout="constrained")
+    ax = fig.subplots()
+    for k, s in enumerate(panels):
+        row = np.asarray(per[s]["values"], dtype=np.float64).reshape(-1)
+        std = per[s].get("std")
+        err = np.asarray(std, dtype=np.float64).reshape(-1) if std is not None else None
+        ax.bar(np.arange(len(langs)) + (k - (len(panels) - 1) / 2) * width, row, width, yerr=err, capsize=2,
+               label="zero-shot" if s == ZERO_SHOT else display_name(s), color=f"C{k}")
+    ax.set_xticks(range(len(langs)), langs, fontsize=9)
+    ax.set_xlabel("query language", fontsize=9)
+    ax.set_ylabel(name.split("/")[-1].removesuffix("_by_language"), fontsize=9)
+    ax.legend(fontsize=8, ncols=min(4, len(panels)))
+    ax.set_title(matrix_title(name), fontsize=9)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_bias(bias: dict[str, Any], order: list[str], path: Path):
+    """A row of panels per benchmark, one panel per bias metric: ranks and rates need their own axes."""
     from matplotlib.figure import Figure
 
     # own_language_chance is the same for every model (the pool's language share): it is drawn as
     # the chance line of own_language_top1, not as bars of its own.
     keys = [k for k in bias if not k.endswith("/own_language_chance")]
-    ncols = min(4, len(keys))
-    nrows = -(-len(keys) // ncols)
-    fig = Figure(figsize=(3.2 * ncols + 0.6, 3.0 * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
-    for ax, k in zip(axes, keys):
-        groups = [s for s in [ZERO_SHOT, *order] if s in bias[k]]
-        means = [bias[k][s]["mean"] for s in groups]
-        errs = [bias[k][s]["std"] or 0.0 for s in groups]
-        ax.bar(range(len(groups)), means, yerr=errs, capsize=3, color=[f"C{i}" for i in range(len(groups))])
-        ax.set_xticks(range(len(groups)), [_name(s) for s in groups], fontsize=7, rotation=30, ha="right")
-        ax.set_title(k, fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-        chance = bias.get(k.replace("/own_language_top1", "/own_language_chance")) if k.endswith("/own_language_top1") else None
-        if chance:
-            level = next(iter(chance.values()))["mean"]
-            ax.axhline(level, color="gray", linestyle="--", linewidth=1)
-            ax.annotate("no bias (chance)", (len(groups) - 0.5, level), fontsize=6, ha="right", va="bottom",
-                        color="gray")
-    fig.suptitle("Language bias (lower: less bias; mean ± std over seeds)", fontsize=10)
+    benchmarks = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    metrics = [m for m in _BIAS_WORDS if any(k.endswith(f"/{m}") for k in keys)]
+    metrics += sorted({k.rsplit("/", 1)[-1] for k in keys} - set(metrics))
+    fig = Figure(figsize=(3.4 * len(metrics) + 0.6, 3.3 * len(benchmarks) + 0.8), layout="constrained")
+    axes = fig.subplots(len(benchmarks), len(metrics), squeeze=False)
+    for r, b in enumerate(benchmarks):
+        for c, metric in enumerate(metrics):
+            ax, k = axes[r][c], f"{b}/bias/{metric}"
+            if k not in bias:
+                ax.set_visible(False)
+                continue
+            groups = [s for s in [ZERO_SHOT, *order] if s in bias[k]]
+            means = [bias[k][s]["mean"] for s in groups]
+            # No error bar where there is no spread to show (zero-shot: one evaluation).
+            errs = [np.nan if bias[k][s]["std"] is None else bias[k][s]["std"] for s in groups]
+            ax.bar(range(len(groups)), means, yerr=errs, capsize=3, color=[f"C{i}" for i in range(len(groups))])
+            ax.set_xticks(range(len(groups)), [_name(s) for s in groups], fontsize=8, rotation=30, ha="right")
+            words, reading = _BIAS_WORDS.get(metric, (metric, ""))
+            ax.set_title(f"{_BENCHMARK_WORDS.get(b, b)}\n{words}", fontsize=8)
+            ax.set_ylabel(reading, fontsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+            chance = bias.get(f"{b}/bias/own_language_chance") if metric == "own_language_top1" else None
+            if chance:
+                level = next(iter(chance.values()))["mean"]
+                ax.axhline(level, color="gray", linestyle="--", linewidth=1,
+                           label=f"chance (language-blind): {level:.3f}")
+                ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("Language bias of the multilingual ranking (mean ± std over seeds)", fontsize=10)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -556,12 +628,17 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     order = list(report["strategies"])
     plots: list[str] = []
     for name, per in report["matrices"].items():
-        if per:
+        if not per:
+            continue
+        if name.endswith("_by_language"):  # one value per query language: bars, not a 1-row heatmap
+            fname = f"bars_{_slug(name)}.png"
+            plot_by_language(name, per, order, out / fname)
+        else:
             fname = f"heatmap_{_slug(name)}.png"
-            _plot_matrices(name, per, order, out / fname)
-            plots.append(fname)
+            plot_matrices(name, per, order, out / fname)
+        plots.append(fname)
     if report["bias"]:
-        _plot_bias(report["bias"], order, out / "bias.png")
+        plot_bias(report["bias"], order, out / "bias.png")
         plots.append("bias.png")
     report["files"] = {"json": "report.json", "markdown": "report.md", "plots": plots}
     write_text_atomic(out / "report.md", render_markdown(report))

@@ -182,3 +182,55 @@ def test_a_reduced_pool_is_labelled_in_every_table_that_shows_it() -> None:
     assert not any("reduced pool" in ln for ln in table.splitlines() if ln.startswith("| tatoeba"))
     assert "not the benchmark's published mAP" in table
     assert "reduced pool" not in endpoints_table(report)  # Tatoeba endpoints only: nothing to label
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in [ax.title, ax.xaxis.label, ax.yaxis.label]] + \
+        [fig._suptitle.get_text() if fig._suptitle else ""]
+
+
+def test_each_plot_kind_says_what_it_shows(tmp_path: Path) -> None:
+    """Axes, tick labels and titles of the three plot kinds, read from the matplotlib objects."""
+    from hbt.study.report import plot_bias, plot_by_language, plot_matrices
+
+    order = ["x_x_mono", "x_y", "hbt"]
+    grid = {s: {"languages": LANGS, "values": (np.eye(3) * 0.2 + 0.5 + i / 100).tolist()}
+            for i, s in enumerate(["zero_shot", *order])}
+    fig = plot_matrices("xquad_r/cross_lingual/mAP", grid, order, tmp_path / "h.png")
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == 4 and [ax.get_title() for ax in heat] == ["zero-shot", "X-X-mono", "X-Y", "HBT"]
+    assert all([t.get_text() for t in ax.get_xticklabels()] == LANGS for ax in heat)
+    assert heat[0].get_ylabel() == "query language X" and heat[0].get_xlabel() == "candidate language Y"
+    assert heat[0].images[0].get_array().shape == (3, 3)
+    title = fig._suptitle.get_text()
+    assert title.startswith("XQuAD-R, cross-lingual mAP") and "/" not in title.split(":")[0]
+    # A cell label per cell, big enough to read.
+    assert len(heat[0].texts) == 9 and min(t.get_fontsize() for t in heat[0].texts) >= 7
+
+    vec = {s: {"languages": LANGS, "values": [[0.5, 0.6, 0.7]], "std": [[0.01, 0.02, 0.03]]}
+           for s in ["zero_shot", *order]}
+    vec["zero_shot"].pop("std")
+    fig = plot_by_language("xquad_r/multilingual/mAP_by_language", vec, order, tmp_path / "b.png")
+    (ax,) = fig.axes
+    assert not ax.images, "a per-language vector is drawn as bars, not as a 1-row heatmap"
+    assert len(ax.patches) == 3 * 4 and [t.get_text() for t in ax.get_xticklabels()] == LANGS
+    assert ax.get_xlabel() == "query language" and ax.get_ylabel() == "mAP"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero-shot", "X-X-mono", "X-Y", "HBT"]
+    assert "by query language" in ax.get_title()
+
+    bias = {"xquad_r/bias/own_language_top1": {s: {"mean": 0.9 - i / 10, "std": None if s == "zero_shot" else 0.01}
+                                               for i, s in enumerate(["zero_shot", *order])},
+            "xquad_r/bias/own_language_chance": {s: {"mean": 1 / 3, "std": 0.0} for s in ["zero_shot", *order]},
+            "xquad_r/bias/rank_distance_mean": {s: {"mean": 20.0 + i, "std": 1.0}
+                                                for i, s in enumerate(["zero_shot", *order])}}
+    fig = plot_bias(bias, order, tmp_path / "bias.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 2, "the chance level is a line in the top-1 panel, not bars of its own"
+    top1, ranks = panels
+    assert len(top1.patches) == 4 and [round(p.get_height(), 6) for p in top1.patches] == [0.9, 0.8, 0.7, 0.6]
+    chance = [ln for ln in top1.lines if ln.get_linestyle() == "--"]
+    assert len(chance) == 1 and chance[0].get_ydata()[0] == pytest.approx(1 / 3)
+    assert "chance" in top1.get_legend().get_texts()[0].get_text()
+    assert "XQuAD-R" in top1.get_title() and "/" not in top1.get_title()
+    assert "lower: less bias" in ranks.get_ylabel()
+    assert all("bias/" not in t for t in _texts(fig))
