@@ -58,6 +58,13 @@ def interrupts_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _browse_hint(cfg: HBTConfig) -> None:
+    """Where the command's MLflow runs are, as its last stderr line."""
+    from hbt.tracking import browse_hint
+
+    print(f"[hbt] {browse_hint(cfg)}", file=sys.stderr)
+
+
 def _cmd_config_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.file, args.overrides)
     if paths_are_local(cfg):
@@ -110,8 +117,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with interrupts_as_keyboard_interrupt():
         result = run_training(cfg, resume_from=args.resume)
     shutdown_ray()  # worker lines still in flight must not follow the result
-    print(json.dumps(result, indent=2, default=str))
-    print(load_hint(result["model_dir"]))
+    print(json.dumps(result, indent=2, default=str))  # stdout: the result alone, so `> out.json` parses
+    print(f"[hbt] {load_hint(result['model_dir'])}", file=sys.stderr)
+    _browse_hint(cfg)
     return 0
 
 
@@ -136,11 +144,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from hbt.eval.job import run_eval_job
 
     with interrupts_as_keyboard_interrupt():
-        result = run_eval_job(cfg, model, out_dir=args.out, output_json=args.output, track=not args.no_track)
-    print(f"\n{result['table']}\n")
-    print(f"results: {result['out_dir']} (metrics.json, matrices.json, per_query.npz, info.json, config.yaml)")
-    if args.output:
-        print(f"summary JSON: {Path(args.output).resolve()}")
+        result = run_eval_job(cfg, model, out_dir=args.out, track=not args.no_track,
+                              on_training_data=args.on_training_data)
+    table = result.pop("table")
+    print(json.dumps({k: v for k, v in result.items()}, indent=2) if args.json else table)
+    print(f"[hbt] results: {result['out_dir']} (summary.json, metrics.json, matrices.json, per_query.npz, "
+          "info.json, config.yaml)", file=sys.stderr)
+    if not args.no_track:
+        _browse_hint(cfg)
     return 0
 
 
@@ -153,6 +164,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     with interrupts_as_keyboard_interrupt():
         result = run_tune(cfg, space_path=args.space, resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
+    _browse_hint(cfg)
     return 0
 
 
@@ -215,6 +227,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     cfg = _require_data(cfg, args, train=True, evaluate=True, reload=not args.resume)
     with interrupts_as_keyboard_interrupt():
         run_study(cfg, resume=bool(args.resume))
+    _browse_hint(cfg)
     return 0
 
 
@@ -280,10 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="the data path of the one --benchmark (sets eval.<name>_path)")
     e.add_argument("--langs", default=None, help="comma-separated language codes (sets eval.languages, or "
                    "eval.tatoeba_languages / eval.miracl_languages for those alone)")
-    e.add_argument("--output", default=None, metavar="FILE.json", help="also write the summary as JSON "
-                   "(settings, X->Y matrix, language bias, flat metrics)")
-    e.add_argument("--out", default=None, help="results dir (default: output_dir/eval-<time>)")
+    e.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table "
+                   "(settings, X->Y matrix, language bias, flat metrics; also saved as OUT/summary.json)")
+    e.add_argument("--out", default=None, metavar="DIR", help="results folder (default: output_dir/eval-<time>)")
     e.add_argument("--no-track", action="store_true", help="no MLflow run: files only")
+    e.add_argument("--on-training-data", action="store_true",
+                   help="a model hbt trained is scored on the XQuAD-R articles it held out; this scores the "
+                        "config's articles, training ones included (labelled so in the table, JSON and MLflow)")
     e.add_argument("--fetch", action="store_true", help="first download the configured benchmarks that are missing")
     e.set_defaults(func=_cmd_eval)
 
@@ -330,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    if args.command in ("train", "eval", "tune", "study"):
+        from hbt.raysetup import deepspeed_accelerator_env
+
+        deepspeed_accelerator_env()  # before anything imports DeepSpeed: it warns at import
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

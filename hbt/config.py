@@ -919,7 +919,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean([str(x) for x in e["loc"]])
         # A cross-field rule (no location) names its keys itself.
         problems.append(f"{key}: {_one_line(msg)}" if key else _one_line(msg))
     return f"invalid config ({source}): " + "; ".join(problems)
@@ -935,8 +935,49 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
+def _section_model(parts: list[str]) -> type[BaseModel] | None:
+    """The config class of the section ``parts`` names (``[]``: the root), or None when it names none."""
+    import typing
+
+    model: Any = HBTConfig
+    for p in parts:
+        field = model.model_fields.get(p) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+        if typing.get_origin(model) is not None:  # Optional[Section]: the section class inside
+            model = next((a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """`` (did you mean data.languages?)`` for a misspelt key, from the keys of its section."""
+    import difflib
+
+    section = _section_model(loc[:-1])
+    if section is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else ""
+
+
+def _is_list_key(parts: list[str]) -> bool:
+    """Whether the key ``parts`` names takes a list (``data.languages``), so ``en,de`` means ``[en, de]``."""
+    import typing
+
+    section = _section_model(parts[:-1])
+    field = section.model_fields.get(parts[-1]) if section is not None else None
+    if field is None:
+        return False
+    kinds = [field.annotation, *typing.get_args(field.annotation)]
+    return any(t is list or typing.get_origin(t) is list for t in kinds)
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Applies ``a.b=c`` overrides to a nested dict (values parsed as YAML).
+
+    A list key also takes ``a,b`` or a single ``a`` (``data.languages=en,de``), as well
+    as YAML's ``[en, de]``.
 
     Args:
         tree: the nested dict to update in place.
@@ -953,6 +994,9 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override {redact_text(item)!r}: {p!r} is not a section")
             node = nxt
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and _is_list_key(parts):
+            value = [yaml.safe_load(v.strip()) for v in str(value).split(",") if v.strip()] if isinstance(value, str) \
+                else [value]
         node[parts[-1]] = value
     return tree
 

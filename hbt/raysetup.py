@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
+
+from hbt.config import HbtError
 
 LOGGER = "hbt"
 
@@ -42,6 +45,101 @@ def configure_logging(level: int | str | None = None) -> logging.Logger:
         if log.getEffectiveLevel() > logging.INFO:
             _quiet_libraries()
     return log
+
+
+# Lines the libraries print on every run that tell a user nothing they can act on, each with why
+# it is harmless. They are dropped from the driver's log handlers and from the worker lines Ray
+# forwards; `-v` shows them. tests/test_raysetup.py runs real commands against this list.
+LIBRARY_NOISE: tuple[tuple[str, str], ...] = (
+    (r"Setting accelerator to CPU", "DeepSpeed finding no GPU where none is meant to be"),
+    (r"Token authentication is enabled for this Ray cluster",
+     "Ray's default for a local cluster, which hbt starts for itself on this host"),
+    (r"Progress bars disabled", "Ray Data saying its bars are off: hbt turns them off when stderr is a log"),
+    (r"does not have any available CPUs\. The Dataset job will hang",
+     "Ray Data checking for free CPUs while hbt's own encoder actors hold them all, as `auto` plans"),
+    (r"Cluster resources are not enough to run any task from .*may hang forever",
+     "the same check, later: the encoder actors are the operator's resources, not a shortage"),
+    (r"has constructor arguments in the object store and max_restarts > 0",
+     "Ray's note on its own actors (Ray Train's controller, Ray Data's pool): nothing hbt passes"),
+    (r"Failed to kill actor .*KillActor RPC failed",
+     "Ray's GCS ending actors of a local Ray that is shutting down with the command"),
+    (r"Reporting training result \d+: TrainingReport\(",
+     "Ray Train echoing every checkpoint's metrics dict; hbt logs the step lines and MLflow has the metrics"),
+    (r"^\s*$", "empty lines between forwarded worker lines"),
+)
+_NOISE = re.compile("|".join(f"(?:{p})" for p, _ in LIBRARY_NOISE))
+# Ray Train v2's placement-group cleaner asks for "the" Ray instance of the host; with a second
+# Ray on the host it dies in a ConnectionError traceback of ~30 lines per run. It only frees a
+# dead controller's placement groups, which ending the local Ray also frees.
+_NOISY_ACTORS = ("PlacementGroupCleaner",)
+
+
+def is_library_noise(line: str) -> bool:
+    """Whether a log line is one of :data:`LIBRARY_NOISE`."""
+    return bool(_NOISE.search(line))
+
+
+class _NoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_library_noise(record.getMessage())
+
+
+def _verbose() -> bool:
+    return log_level() <= logging.DEBUG
+
+
+def _filter_library_noise() -> None:
+    """Drops :data:`LIBRARY_NOISE` from Ray's and DeepSpeed's driver handlers; DeepSpeed's go to stderr.
+
+    Filters sit on the handlers: records of child loggers (``ray.data.dataset``) reach them
+    by propagation, where a logger's own filter would not see them.
+    """
+    if _verbose():
+        return
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "DeepSpeed"):
+        for h in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _NoiseFilter) for f in h.filters):
+                h.addFilter(_NoiseFilter())
+            # DeepSpeed's handler writes to stdout, which carries only a command's result.
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
+                h.setStream(sys.stderr)
+
+
+def _forward_worker_lines() -> None:
+    """Ray's printer of forwarded worker lines, replaced by one that writes to stderr, less the noise.
+
+    Ray prints a worker's stdout on the driver's stdout, so any library's print in a worker
+    would land in the middle of ``hbt train``'s JSON. ``ray._private`` is pinned with Ray
+    (``ray==2.60.0``); tests/test_raysetup.py fails if these names move.
+    """
+    from ray._private.worker import global_worker_stdstream_dispatcher, print_to_stdstream
+
+    verbose = _verbose()
+
+    def forward(data: dict[str, Any]) -> None:
+        if not verbose:
+            if data.get("actor_name") in _NOISY_ACTORS or data.get("task_name") in _NOISY_ACTORS:
+                return
+            lines = [line for line in data.get("lines", []) if not is_library_noise(line)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        print_to_stdstream({**data, "is_err": True}, ignore_prefix=False)
+
+    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    global_worker_stdstream_dispatcher.add_handler("ray_print_logs", forward)
+
+
+def deepspeed_accelerator_env() -> None:
+    """``DS_ACCELERATOR=cpu`` where torch sees no CUDA device: DeepSpeed then takes its quiet override
+    path instead of warning that it fell back to the CPU. Set before Ray starts, so a local Ray's
+    workers inherit it; a cluster's GPU workers never see the driver's environment."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
 
 
 # Loggers whose INFO lines fill a run's output, and the variables they read when imported
@@ -98,6 +196,28 @@ def _quiet_ray_data() -> None:
         ctx.print_on_execution_start = False
 
 
+class RayStartError(HbtError):
+    """Ray did not start or could not be joined: one ``error:`` line with the likely cause."""
+
+    def __init__(self, address: str | None, err: BaseException) -> None:
+        first = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+        if address in (None, "local"):
+            cause = ("likely causes: too little free space in /tmp or /dev/shm (Ray's session files and object "
+                     "store), or another Ray on this host holding the ports; its logs are in "
+                     "/tmp/ray/session_latest/logs")
+        else:
+            cause = f"likely cause: no Ray cluster answers at {address!r} (is it up, and is RAY_ADDRESS right?)"
+        super().__init__(f"Ray did not start ({type(err).__name__}: {first[:300]}); {cause}")
+
+
+_own_local_ray = False
+
+
+def own_local_ray() -> bool:
+    """Whether this process started the Ray it uses, on this host alone: no node of it can be lost."""
+    return _own_local_ray
+
+
 def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Initialises Ray once per process.
 
@@ -113,6 +233,8 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
     import ray
 
     configure_logging()
+    deepspeed_accelerator_env()
+    _filter_library_noise()
     _one_line_per_print()
     for k, v in _progress_bar_env().items():
         os.environ.setdefault(k, v)
@@ -125,19 +247,26 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
         init_kwargs.setdefault("logging_level", logging.WARNING)
     if address is None and not os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         address = "local"
+    global _own_local_ray
+    _own_local_ray = address == "local"
     if address == "local":
         # Ray starts workers at nice 15, below its own daemons; a local run's workers are
         # the job itself, so they get the priority `ray job submit` gives a job's workers.
         os.environ.setdefault("RAY_worker_niceness", "0")
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
-        # Under `ray job submit` the job's runtime env already reaches every
-        # worker, and Ray refuses a driver runtime env that repeats its keys.
-        ray.init(address=address, **init_kwargs)
-        return
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.update(_progress_bar_env())
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **init_kwargs)
+    try:
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+            # Under `ray job submit` the job's runtime env already reaches every
+            # worker, and Ray refuses a driver runtime env that repeats its keys.
+            ray.init(address=address, **init_kwargs)
+        else:
+            env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            env.update(_progress_bar_env())
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **init_kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError, OSError) as e:
+        raise RayStartError(address, e) from None
+    _filter_library_noise()  # Ray Data's and Train's handlers exist once they are imported
+    _forward_worker_lines()
 
 
 def shutdown_ray() -> None:

@@ -38,6 +38,14 @@ def tracking_uri(cfg: HBTConfig) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def browse_hint(cfg: HBTConfig) -> str:
+    """The line every command ends with: how to open its MLflow store (the password left out)."""
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow runs: open {redact_uri(uri)} (experiment {cfg.tracking.experiment!r})"
+    return f"MLflow runs: mlflow ui --backend-store-uri {redact_uri(uri)}"
+
+
 def default_artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a sqlite store go next to the database, not into ``./mlruns``.
 
@@ -108,10 +116,12 @@ class Tracker:
             exp_id = exp.experiment_id if exp else self._client.create_experiment(
                 experiment, artifact_location=default_artifact_location(uri, experiment))
             all_tags = dict(tags or {})
-            all_tags["mlflow.runName"] = run_name
+            # A caller's display name (a study's ``x_y/s0/train``) over the run's own name.
+            all_tags.setdefault("mlflow.runName", run_name)
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
-            self.run_id = self._client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
+            self.run_id = self._client.create_run(exp_id, tags=all_tags,
+                                                  run_name=all_tags["mlflow.runName"]).info.run_id
         except Exception as e:  # unreachable server, bad URI: keep training
             self._degrade(e)
 
@@ -186,6 +196,56 @@ class Tracker:
                 self._client.log_artifact(self.run_id, str(path), artifact_path)
         except Exception as e:
             self._degrade(e)
+
+    def record_model(self, name: str, location: str, files: list[Path], params: dict[str, str]) -> str | None:
+        """Records a trained model as an MLflow logged model of this run (the experiment's Models tab).
+
+        The weights stay where training put them (``location``: a folder or a storage
+        URI, tagged ``hbt.location``): a copy per run in the artifact store would double
+        every study's disk. The small files that describe the model (card, configs,
+        training record) are the logged model's artifacts.
+
+        Returns:
+            The logged model's id (``None`` when tracking is off or failed).
+        """
+        if self._client is None:
+            return None
+        try:
+            run = self._client.get_run(self.run_id)
+            model = self._client.create_logged_model(
+                run.info.experiment_id, name=name, source_run_id=self.run_id, model_type="sentence-transformers",
+                tags={"hbt.location": location}, params={k: str(v)[:6000] for k, v in params.items()})
+            for f in files:
+                self._client.log_model_artifact(model.model_id, str(f))
+            self._client.finalize_logged_model(model.model_id, "READY")
+            return model.model_id
+        except Exception as e:
+            self._degrade(e)
+            return None
+
+    def kill_unfinished_children(self) -> int:
+        """Marks KILLED every run below this one still RUNNING (left so by a process that was killed).
+
+        Returns:
+            How many were marked.
+        """
+        if self._client is None:
+            return 0
+        try:
+            run = self._client.get_run(self.run_id)
+            todo, killed = [self.run_id], 0
+            while todo:
+                parent = todo.pop()
+                for child in self._client.search_runs([run.info.experiment_id],
+                                                      f"tags.mlflow.parentRunId = '{parent}'", max_results=10000):
+                    todo.append(child.info.run_id)
+                    if child.info.status == "RUNNING":
+                        self._client.set_terminated(child.info.run_id, status="KILLED")
+                        killed += 1
+            return killed
+        except Exception as e:
+            self._degrade(e)
+            return 0
 
     def reopen(self) -> None:
         """Marks the run RUNNING again (a resumed study continues its parent run)."""

@@ -1,7 +1,7 @@
 """Evaluate a bi-encoder by benchmark on the cluster (the flags of ``hbt eval``).
 
     ray job submit --working-dir . -- python -m ray_jobs.evaluate --config configs/cluster-xlmr.yaml \
-        --model s3://BUCKET/hbt-runs/RUN/model --benchmark xquad_r,mlqa_r --output eval.json
+        --model s3://BUCKET/hbt-runs/RUN/model --benchmark xquad_r,mlqa_r --json
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from hbt.config import PROJECT_ROOT
 
 LAYERS = {
-    "config": 0, "loss": 0, "tracking": 0, "hardware": 0, "distributed": 0, "raysetup": 0, "objective": 0,
+    "config": 0, "loss": 0, "tracking": 0, "hardware": 0, "distributed": 0, "raysetup": 0, "objective": 0, "progress": 0,
     "data": 1, "model": 1,
     "train": 2, "eval": 2,
     "tune": 3, "study": 3,

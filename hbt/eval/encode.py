@@ -12,12 +12,16 @@ matrix; nothing is written to disk (no run ever read the shards back).
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from hbt.model.embed import KINDS, embed_batch, embed_texts, token_length_order, unique_items
+
+log = logging.getLogger("hbt.eval")
 
 PRECISIONS = ("fp32", "bf16", "bf16_weights")
 
@@ -118,9 +122,9 @@ def resolve_eval_auto(cfg: Any, verbose: bool = True) -> Any:
     if verbose:
         why = "bf16 GPU" if gpu and bf16_is_fast(True) else ("bf16 CPU (AMX/AVX512-BF16)" if bf16_is_fast(False)
                                                              else "no bf16 GPU or CPU")
-        print(f"[hbt] eval auto: {updates.get('eval.num_encoders', e.num_encoders)} encoder actor(s), precision "
-              f"{updates.get('eval.precision', e.precision)} ({why}; Ray has {res.get('CPU', 0):g} CPUs, "
-              f"{res.get('GPU', 0):g} GPUs)", flush=True)
+        log.info("eval auto: %s encoder actor(s), precision %s (%s; Ray has %g CPUs, %g GPUs)",
+                 updates.get("eval.num_encoders", e.num_encoders), updates.get("eval.precision", e.precision), why,
+                 res.get("CPU", 0), res.get("GPU", 0))
     return with_overrides(cfg, updates)
 
 
@@ -181,16 +185,26 @@ def _encoded(items: list[tuple[str, str]], model_dir: str, cfg: Any):
         refs.append(ray.put(pa.table({"row": pa.array(sel, pa.int64()),
                                       "kind": pa.array([items[i][0] for i in sel], pa.string()),
                                       "text": pa.array([items[i][1] for i in sel], pa.string())})))
+    from hbt.raysetup import own_local_ray
+
     ds = ray.data.from_arrow_refs(refs)
-    return ds.map_batches(
-        EncoderActor,
-        fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),
-        batch_size=bs,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_encoders),
-        num_cpus=cfg.eval.cpus_per_encoder,
-        num_gpus=cfg.eval.gpus_per_encoder,
-    )
+    # Restarts replace an encoder on a lost node. A local Ray that hbt started has one node to
+    # lose, and Ray warns at every restartable actor whose constructor lives in the object store.
+    restarts = {"max_restarts": 0} if own_local_ray() else {}
+    with warnings.catch_warnings():
+        # Ray 2.60 (pinned) names no parameter for max_restarts and calls the remote-args route
+        # deprecated; it is the only one there is until Ray 2.64.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            EncoderActor,
+            fn_constructor_kwargs=_actor_kwargs(model_dir, cfg),
+            batch_size=bs,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.eval.num_encoders, len(refs)))),
+            num_cpus=cfg.eval.cpus_per_encoder,
+            num_gpus=cfg.eval.gpus_per_encoder,
+            **restarts,
+        )
 
 
 def encode_to_store(texts: Sequence[str], kinds: Sequence[str], model_dir: str, cfg: Any):
@@ -208,8 +222,32 @@ def encode_to_store(texts: Sequence[str], kinds: Sequence[str], model_dir: str, 
     items, inverse = unique_items(texts, kinds)
     if not items:
         raise ValueError("encode_to_store: no texts")
-    refs = _encoded(items, model_dir, cfg).materialize().to_numpy_refs()
+    refs = _stream_numpy_refs(_encoded(items, model_dir, cfg), len(items))
     return LazyEmbeddings(store_from_refs(refs, len(items), cfg.eval), inverse)
+
+
+def _stream_numpy_refs(ds, total: int) -> list[Any]:
+    """The encoded blocks as numpy refs, taken as the encoders finish them, with progress and an ETA."""
+    import ray
+
+    from hbt.progress import Progress
+
+    to_numpy = ray.remote(_block_to_numpy).options(num_cpus=0)  # a conversion, not a claim on an encoder's CPU
+    progress = Progress("encode", total, "texts")
+    refs = []
+    try:
+        for bundle in ds.iter_internal_ref_bundles():
+            refs += [to_numpy.remote(b) for b in bundle.block_refs]
+            progress.update(bundle.num_rows() or 0)
+    finally:
+        progress.close()
+    return refs
+
+
+def _block_to_numpy(block: Any) -> dict[str, np.ndarray]:
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(block).to_numpy()
 
 
 def encode_with_ray(

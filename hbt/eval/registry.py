@@ -91,7 +91,7 @@ def _qa_info(b: QABenchmark) -> dict[str, Any]:
     return {"languages": b.languages, "queries": b.num_queries, "candidates": b.num_candidates,
             "candidates_per_language": {x: int(b.pool([x]).size) for x in b.languages},
             "questions": len(b.answers), "questions_available": b.all_questions,
-            "articles": len(b.articles), "questions_per_article": per_article}
+            "articles": len(b.articles), "article_titles": sorted(b.articles), "questions_per_article": per_article}
 
 
 def _qa_table(name: str) -> Callable[[list[str]], list[TableRow]]:

@@ -164,7 +164,7 @@ def prepare_eval(cfg: HBTConfig, out: Path) -> HBTConfig:
 
 
 def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
-             benches: dict[str, Any] | None = None) -> EvalResult:
+             benches: dict[str, Any] | None = None, label: dict[str, Any] | None = None) -> EvalResult:
     """Evaluates a bi-encoder on the benchmarks the config selects.
 
     Ray is initialised (``cfg.ray.address``) unless it already is; the texts
@@ -181,6 +181,8 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
             ``info.json``) go here.
         split: ``test`` or ``dev`` (see :func:`load_benchmarks`).
         benches: ``load_benchmarks(cfg, split)`` when the caller loaded them already.
+        label: recorded in ``info.json`` over ``split`` (:func:`hbt.eval.job.held_out_split`'s label:
+            the split's name, the training articles scored, the run that trained the model).
 
     Returns:
         The result (also saved to ``out_dir``).
@@ -209,7 +211,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
                             "precision": cfg.eval.precision, "num_encoders": cfg.eval.num_encoders,
                             "search": "driver" if in_driver else f"{cfg.eval.num_shards} actor(s)",
                             "search_shards": cfg.eval.num_shards, "embeddings_mb": round(lazy.store.nbytes / 2**20, 1),
-                            "texts": len(texts), "unique_texts": lazy.store.count}
+                            "texts": len(texts), "unique_texts": lazy.store.count, **(label or {})}
     try:
         # A small set is fetched once and searched here (eval.driver_search_max_mb); a large one never reaches the driver.
         emb = np.asarray(lazy) if in_driver else lazy
@@ -230,7 +232,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
 
 def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike, run_name: str,
                      split: str = "test", parent_run_id: str | None = None,
-                     tags: dict[str, str] | None = None) -> EvalResult:
+                     tags: dict[str, str] | None = None, label: dict[str, Any] | None = None) -> EvalResult:
     """Evaluates and records one MLflow run (params, metrics, timings, result files).
 
     Args:
@@ -241,6 +243,7 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
         split: ``test`` or ``dev``.
         parent_run_id: nest the run under this one (studies, tuning).
         tags: extra run tags.
+        label: see :func:`evaluate`.
     """
     from hbt.tracking import end_status, tracker_for
 
@@ -252,9 +255,11 @@ def evaluate_tracked(cfg: HBTConfig, model_dir: str, out_dir: str | os.PathLike,
     # The URI without its password: run folders are shared and copied around.
     write_text_atomic(out / "mlflow_run.json", json.dumps(
         {"run_id": tracker.run_id, "tracking_uri": redact_uri(tracker.uri) if tracker.uri else None}, indent=2))
-    tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir), "eval_split": split})
+    tracker.log_params({**cfg.model_dump(mode="json"), "eval_model_dir": str(model_dir),
+                        "eval_split": (label or {}).get("split", split),
+                        "eval_training_articles_scored": len((label or {}).get("training_articles_scored", []))})
     try:
-        result = evaluate(cfg, model_dir, str(out), split=split, benches=benches)
+        result = evaluate(cfg, model_dir, str(out), split=split, benches=benches, label=label)
         tracker.log_metrics(result.metrics)
         tracker.log_metrics({f"time/{k}_s": v for k, v in result.info.get("seconds", {}).items()})
         for name in ("metrics.json", "matrices.json", "info.json", "per_query.npz", "config.yaml"):

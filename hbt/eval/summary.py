@@ -36,11 +36,14 @@ def benchmark_section(name: str, result: EvalResult, settings: list[str]) -> dic
     bias = {k.rsplit("/", 1)[1]: _value(m, k) for k in sorted(m) if k.startswith(f"{name}/bias/")}
     if bias:
         out["language_bias"] = bias
+    titles = (result.info.get(name) or {}).get("article_titles")
+    if titles is not None:
+        out["articles"] = titles
     return out
 
 
 def eval_json(result: EvalResult, model: str, benchmarks: list[str], settings: list[str]) -> dict[str, Any]:
-    """The ``hbt eval --output`` document.
+    """The ``hbt eval --json`` document (also ``summary.json`` in the results folder).
 
     ``benchmark`` is the name (a list when several were evaluated); with one
     benchmark its ``settings`` / ``matrix`` / ``language_bias`` sit at the top
@@ -48,7 +51,11 @@ def eval_json(result: EvalResult, model: str, benchmarks: list[str], settings: l
     flat metric key (see :mod:`hbt.eval.results`).
     """
     sections = {b: benchmark_section(b, result, settings) for b in benchmarks}
-    doc: dict[str, Any] = {"benchmark": benchmarks[0] if len(benchmarks) == 1 else list(benchmarks), "model": model}
+    doc: dict[str, Any] = {"benchmark": benchmarks[0] if len(benchmarks) == 1 else list(benchmarks), "model": model,
+                           "split": result.info.get("split", "test")}
+    for key in ("trained_by", "training_articles_scored"):
+        if key in result.info:
+            doc[key] = result.info[key]
     if len(benchmarks) == 1:
         doc.update(sections[benchmarks[0]])
     else:
@@ -70,4 +77,9 @@ def summary_table(result: EvalResult, benchmarks: list[str], settings: list[str]
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
+    lines = [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    scored = result.info.get("training_articles_scored")
+    if scored:
+        lines.append(f"XQuAD-R includes {len(scored)} article(s) that {result.info.get('trained_by')} trained on "
+                     "(--on-training-data): not a held-out score")
+    return "\n".join(lines)

@@ -364,3 +364,52 @@ def shareable_model(model_dir: str, cfg) -> str:
     if is_uri(model_dir) or not Path(model_dir).is_dir() or not on_cluster(cfg) or cfg.ray.shared_filesystem:
         return model_dir
     return publish_base_model(model_dir, cfg.ray.storage_path)
+
+
+# Written by hbt training beside the final model: the run, and the articles it trained on, so that
+# `hbt eval --model RUN` scores its held-out split by default (hbt.eval.job.held_out_split).
+TRAINING_RECORD = "hbt_training.json"
+
+
+def write_training_record(model_ref: str, record: dict) -> None:
+    """Writes :data:`TRAINING_RECORD` into a model directory, local or at a storage URI."""
+    from pyarrow import fs
+
+    text = json.dumps(record, indent=2).encode("utf-8")
+    if not is_uri(model_ref):
+        from hbt.config import write_text_atomic
+
+        write_text_atomic(Path(model_ref) / TRAINING_RECORD, text.decode("utf-8"))
+        return
+    filesystem, root = fs.FileSystem.from_uri(model_ref)
+    with filesystem.open_output_stream(f"{root.rstrip('/')}/{TRAINING_RECORD}") as f:
+        f.write(text)
+
+
+def read_training_record(model_ref: str) -> dict | None:
+    """The :data:`TRAINING_RECORD` of a model hbt trained; ``None`` for any other model (or a hub id).
+
+    Raises:
+        DamagedFileError: the record is there but damaged (one line naming it).
+    """
+    import tempfile
+
+    from pyarrow import fs
+
+    from hbt.config import read_json_file
+
+    hint = f"delete it to evaluate the model without its training split ({TRAINING_RECORD})"
+    if not is_uri(model_ref):
+        path = Path(model_ref) / TRAINING_RECORD
+        return read_json_file(path, "record of the model's training run", hint) if path.is_file() else None
+    try:
+        filesystem, root = fs.FileSystem.from_uri(model_ref)
+        with filesystem.open_input_stream(f"{root.rstrip('/')}/{TRAINING_RECORD}") as f:
+            raw = f.read()
+    except (OSError, FileNotFoundError):
+        return None
+    with tempfile.TemporaryDirectory(prefix="hbt-record-") as d:
+        local = Path(d) / TRAINING_RECORD
+        local.write_bytes(raw)
+        return read_json_file(local, "record of the model's training run", hint,
+                              name=f"{model_ref.rstrip('/')}/{TRAINING_RECORD}")

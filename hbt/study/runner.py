@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from hbt.model.offline import resolve_model_path
 from hbt.raysetup import init_ray
 from hbt.study.report import compute_report, endpoints_table, summary_table, write_report
 from hbt.tracking import tracker_for, tracking_uri
+
+log = logging.getLogger("hbt.study")
 
 def strategy_overrides(cfg: HBTConfig, strategy: str) -> dict[str, Any]:
     """Config updates that make ``cfg`` train ``strategy`` (``hbt`` keeps the configured alpha)."""
@@ -159,7 +162,7 @@ def rebuild_report(cfg: HBTConfig, study_dir: str | Path) -> dict[str, Any]:
     timings = read_json_file(timings_file, "the study's timings") if timings_file.exists() else None
     report = _report(cfg, scores, EvalResult.load(study_dir / "zero_shot"), study_dir, timings)
     _print_report(report)
-    print(f"\n[hbt] report recomputed from the saved evaluations: {(study_dir / 'report.md').resolve()}")
+    log.info("report recomputed from the saved evaluations: %s", (study_dir / "report.md").resolve())
     return report
 
 
@@ -235,7 +238,7 @@ def _start_fresh_if_changed(run_cfg: HBTConfig, run_dir: Path, digest: str) -> N
             if filesystem.get_file_info(path).type == fs.FileType.Directory:
                 filesystem.delete_dir(path)
             shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"[hbt] {run_cfg.run_name}: begun under another config; trained again from the start", flush=True)
+            log.warning("%s: begun under another config; trained again from the start", run_cfg.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(began, json.dumps({"config_hash": digest}))
 
@@ -245,25 +248,82 @@ class _Progress:
 
     def __init__(self, total_runs: int) -> None:
         self.total_runs, self.trained, self.evaluated = total_runs, 0, 0
+        self.t0, self.trained_here = time.time(), 0
+
+    def eta_text(self) -> str:
+        """``3/15 runs done, ETA 24:10`` at the pace of the runs this process trained (reused ones cost nothing)."""
+        from hbt.progress import clock
+
+        left = self.total_runs - self.trained
+        if not left:
+            return f"{self.trained}/{self.total_runs} runs done"
+        if not self.trained_here:
+            return f"{self.trained}/{self.total_runs} runs done, ETA ?"
+        per_run = (time.time() - self.t0) / self.trained_here
+        return f"{self.trained}/{self.total_runs} runs done, ETA {clock(per_run * left)}"
 
 
-def _parent_run(cfg: HBTConfig, name: str, study_dir: Path, resume: bool):
-    """The study's MLflow run: the stored one when resuming (opened again), else a new one."""
-    from hbt.tracking import Tracker
+class _Tree:
+    """The study's MLflow runs: study → strategy → seed → {train, eval}, and the zero-shot eval under the study.
 
-    state = study_dir / STATE_FILE
-    if resume and state.is_file():
-        try:
-            run_id = json.loads(state.read_text(encoding="utf-8")).get("mlflow_run_id")
-        except ValueError:
-            run_id = None
+    The strategy and seed runs group their children in the MLflow UI and carry the same
+    ``hbt.stage`` / ``hbt.strategy`` / ``hbt.seed`` tags. Their ids are kept in
+    ``study_state.json``, so ``--resume`` continues the same tree.
+    """
+
+    def __init__(self, cfg: HBTConfig, name: str, study_dir: Path, resume: bool) -> None:
+        from hbt.tracking import Tracker
+
+        self.cfg, self.study_dir = cfg, study_dir
+        self.path = study_dir / STATE_FILE
+        state: dict[str, Any] = {}
+        if resume and self.path.is_file():
+            state = read_json_file(self.path, "the study's MLflow run ids",
+                                   "delete it to record the resumed study under a new MLflow run")
+        self.ids: dict[str, str] = dict(state.get("children") or {})
+        self._open: dict[str, Any] = {}
+        run_id = state.get("mlflow_run_id")
         if run_id:
-            parent = Tracker(tracking_uri(cfg), cfg.tracking.experiment, name, study_dir, run_id=run_id)
-            parent.reopen()
-            return parent
-    parent = tracker_for(cfg, name, study_dir, tags={"hbt.kind": "study"})
-    write_text_atomic(state, json.dumps({"mlflow_run_id": parent.run_id}))
-    return parent
+            self.parent = Tracker(tracking_uri(cfg), cfg.tracking.experiment, name, study_dir, run_id=run_id)
+            # Runs a killed process left RUNNING; those this study continues are opened again below.
+            self.parent.kill_unfinished_children()
+            self.parent.reopen()
+        else:
+            self.parent = tracker_for(cfg, name, study_dir, tags={"hbt.stage": "study"})
+            self.ids = {}
+        self._save()
+
+    def _save(self) -> None:
+        write_text_atomic(self.path, json.dumps({"mlflow_run_id": self.parent.run_id, "children": self.ids}, indent=2))
+
+    def group(self, key: str, parent_id: str | None, tags: dict[str, str]):
+        """The grouping run ``key`` (``x_y`` or ``x_y/s0``), created once, RUNNING while its children run."""
+        from hbt.tracking import Tracker
+
+        if key in self._open:
+            return self._open[key]
+        if key in self.ids:
+            run = Tracker(self.parent.uri, self.cfg.tracking.experiment, key, self.study_dir, run_id=self.ids[key])
+            run.reopen()
+        else:
+            run = Tracker(self.parent.uri, self.cfg.tracking.experiment, key, self.study_dir,
+                          parent_run_id=parent_id, tags=tags)
+            if run.run_id:
+                self.ids[key] = run.run_id
+                self._save()
+        self._open[key] = run
+        return run
+
+    def close(self, key: str) -> None:
+        run = self._open.pop(key, None)
+        if run is not None:
+            run.end("FINISHED")
+
+    def end(self, status: str) -> None:
+        """Ends the study's run; an interrupted study's open groups and children are marked KILLED."""
+        if status != "FINISHED":
+            self.parent.kill_unfinished_children()
+        self.parent.end(status)
 
 
 def run_study(cfg: HBTConfig, resume: bool = False) -> dict[str, Any]:
@@ -291,32 +351,33 @@ def run_study(cfg: HBTConfig, resume: bool = False) -> dict[str, Any]:
     # The machine the study's time was measured on (the README section states it).
     write_text_atomic(study_dir / "machine.json", json.dumps(machine_facts(), indent=2))
     init_ray(cfg.ray.address)
-    parent = _parent_run(cfg, name, study_dir, resume)
+    tree = _Tree(cfg, name, study_dir, resume)
+    parent = tree.parent
     parent.log_params(cfg.model_dump(mode="json"))
     progress = _Progress(len(cfg.study.strategies) * len(cfg.study.seeds))
     try:
-        report, timings, pace = _run_units(cfg, name, study_dir, parent, progress)
+        report, timings, pace = _run_units(cfg, name, study_dir, tree, progress)
     except (KeyboardInterrupt, Interrupted):
-        parent.end("KILLED")
+        tree.end("KILLED")
         raise Interrupted(
             f"interrupted: {progress.trained} of {progress.total_runs} training runs and {progress.evaluated} "
             f"evaluations finished and kept in {study_dir.resolve()}; resume with: "
             f"hbt study --resume {study_dir.resolve()}") from None
     except BaseException:
-        parent.end("FAILED")
+        tree.end("FAILED")
         raise
-    parent.end("FINISHED")
+    tree.end("FINISHED")
     _print_report(report)
     waits = [p["data_wait_frac"] for p in pace.values() if "data_wait_frac" in p]
     if waits:
-        print(f"[hbt] data wait over {len(waits)} training runs (each the median of its windows after the first): "
-              f"median {100 * float(np.median(waits)):.2f}%, max {100 * max(waits):.2f}% of step time")
-    print(f"\n[hbt] study finished in {time.time() - t0:.0f}s; report: {(study_dir / 'report.md').resolve()}")
+        log.info("data wait over %d training runs (each the median of its windows after the first): "
+                 "median %.2f%%, max %.2f%% of step time", len(waits), 100 * float(np.median(waits)), 100 * max(waits))
+    log.info("study finished in %.0fs; report: %s", time.time() - t0, (study_dir / "report.md").resolve())
     return report
 
 
-def _evaluated(cfg: HBTConfig, model_dir: str, out: Path, run_name: str, parent, tags: dict[str, str],
-               progress: _Progress) -> tuple[Any, float, bool]:
+def _evaluated(cfg: HBTConfig, model_dir: str, out: Path, run_name: str, parent_id: str | None,
+               tags: dict[str, str], progress: _Progress) -> tuple[Any, float, bool]:
     """One evaluation of the study, reused when it finished under the same config and model.
 
     Returns:
@@ -331,14 +392,14 @@ def _evaluated(cfg: HBTConfig, model_dir: str, out: Path, run_name: str, parent,
         progress.evaluated += 1
         return EvalResult.load(out), float(done.get("seconds", 0.0)), True
     t = time.time()
-    result = evaluate_tracked(cfg, model_dir, out, run_name, parent_run_id=parent.run_id, tags=tags)
+    result = evaluate_tracked(cfg, model_dir, out, run_name, parent_run_id=parent_id, tags=tags)
     seconds = time.time() - t
     _mark_finished(out, digest, {"seconds": seconds, "model_dir": str(model_dir)})
     progress.evaluated += 1
     return result, seconds, False
 
 
-def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Progress):
+def _run_units(cfg: HBTConfig, name: str, study_dir: Path, tree: _Tree, progress: _Progress):
     """Zero-shot, then every strategy and seed: train, evaluate; then the report. Returns (report, timings, pace)."""
     from hbt.train.job import run_training
 
@@ -346,13 +407,19 @@ def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Pr
     timings: dict[str, float] = {}
     pace: dict[str, dict[str, float]] = {}
     base_model = resolve_model_path(cfg.model.name_or_path, cfg.model.num_layers)
+    parent = tree.parent
     zero_shot, timings["eval/zero_shot"], reused = _evaluated(
-        cfg, base_model, study_dir / "zero_shot", f"{name}/zero_shot", parent, {"hbt.strategy": "zero_shot"}, progress)
-    print(f"[hbt] zero-shot {'reused' if reused else 'evaluated'} ({timings['eval/zero_shot']:.0f}s)", flush=True)
+        cfg, base_model, study_dir / "zero_shot", "zero_shot/eval", parent.run_id, {"hbt.strategy": "zero_shot"},
+        progress)
+    log.info("zero-shot %s (%.0fs)", "reused" if reused else "evaluated", timings["eval/zero_shot"])
+    progress.t0 = time.time()  # the ETA is paced by training runs and their evaluations alone
     scores: dict[str, dict[int, Any]] = {}
     for strategy in cfg.study.strategies:
+        group = tree.group(strategy, parent.run_id, {"hbt.stage": "strategy", "hbt.strategy": strategy})
         for seed in cfg.study.seeds:
             tag = f"{strategy}-s{seed}"
+            labels = {"hbt.strategy": strategy, "hbt.seed": str(seed)}
+            seed_run = tree.group(f"{strategy}/s{seed}", group.run_id, {"hbt.stage": "seed", **labels})
             # The study's store, pinned: with the runs' own output_dir the default
             # store would be a second database that the parent run never sees.
             run_cfg = with_overrides(cfg, {**strategy_overrides(cfg, strategy), "batching.seed": seed,
@@ -364,20 +431,24 @@ def _run_units(cfg: HBTConfig, name: str, study_dir: Path, parent, progress: _Pr
             if trained is None:
                 _start_fresh_if_changed(run_cfg, run_dir, digest)
                 t = time.time()
-                trained = run_training(run_cfg, parent_run_id=parent.run_id)
+                trained = run_training(run_cfg, parent_run_id=seed_run.run_id,
+                                       tags={**labels, "mlflow.runName": f"{strategy}/s{seed}/train"})
                 trained["seconds"] = time.time() - t
                 _mark_finished(run_dir, digest, trained)
                 verb = "trained"
+                progress.trained_here += 1
             else:
                 verb = "reused"
             progress.trained += 1
             timings[f"train/{tag}"] = float(trained["seconds"])
             pace[tag] = trained.get("pace") or {}
             scores.setdefault(strategy, {})[seed], timings[f"eval/{tag}"], reused = _evaluated(
-                run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{name}/{tag}/eval", parent,
-                {"hbt.strategy": strategy, "hbt.seed": str(seed)}, progress)
-            print(f"[hbt] {tag}: {verb} ({timings[f'train/{tag}']:.0f}s){pace_text(pace[tag])}, "
-                  f"{'reused' if reused else 'evaluated'} ({timings[f'eval/{tag}']:.0f}s)", flush=True)
+                run_cfg, trained["model_dir"], study_dir / "eval" / tag, f"{strategy}/s{seed}/eval", seed_run.run_id,
+                labels, progress)
+            tree.close(f"{strategy}/s{seed}")
+            log.info("%s: %s (%.0fs)%s, %s (%.0fs); %s", tag, verb, timings[f"train/{tag}"], pace_text(pace[tag]),
+                     "reused" if reused else "evaluated", timings[f"eval/{tag}"], progress.eta_text())
+        tree.close(strategy)
     report = _report(cfg, scores, zero_shot, study_dir, timings)
     timings["total"] = time.time() - t0
     write_text_atomic(study_dir / "timings.json", json.dumps(timings, indent=2))

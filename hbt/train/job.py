@@ -265,6 +265,46 @@ def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint
     return str(final_model.resolve())
 
 
+def run_tags(cfg: HBTConfig) -> dict[str, str]:
+    """A training run's MLflow tags: the same keys as its evaluations' (``hbt.stage``, ``hbt.strategy``, ``hbt.seed``)."""
+    b = cfg.batching
+    tags = {"hbt.stage": "train", "hbt.strategy": b.strategy, "hbt.seed": str(b.seed)}
+    if b.strategy == "hybrid":
+        tags["hbt.alpha"] = f"{b.alpha:g}"
+    return tags
+
+
+def training_record(cfg: HBTConfig, run_name: str, tracker, split, tags: dict[str, str]) -> dict[str, Any]:
+    """What ``hbt_training.json`` says of the run: its MLflow run and the articles it trained on.
+
+    ``hbt eval --model`` reads it to score the held-out split by default and to link
+    its MLflow run to this one.
+    """
+    d = cfg.data
+    return {
+        "run_name": run_name, "mlflow_run_id": tracker.run_id,
+        "tracking_uri": redact_uri(tracker.uri) if tracker.uri else None,
+        "strategy": tags.get("hbt.strategy", cfg.batching.strategy), "seed": cfg.batching.seed,
+        "steps": cfg.train.max_steps, "base_model": cfg.model.name_or_path,
+        "data": {"format": d.format, "path": d.path, "languages": list(d.languages),
+                 "heldout_articles": list(split.test) if split else list(d.heldout_articles),
+                 "dev_articles": list(split.dev) if split else list(d.dev_articles),
+                 "train_articles": list(split.train) if split else None},
+    }
+
+
+def _record_model(tracker, run_name: str, final_model: str, record: dict[str, Any]) -> None:
+    """The final model as an MLflow logged model of the run, its small descriptive files as artifacts."""
+    from hbt.model.storage import is_uri
+
+    files = [] if is_uri(final_model) else [
+        p for p in sorted(Path(final_model).iterdir())
+        if p.is_file() and p.suffix in (".json", ".md") and p.stat().st_size < 2**20]
+    params = {"strategy": record["strategy"], "seed": record["seed"], "steps": record["steps"],
+              "base_model": record["base_model"], "languages": ",".join(record["data"]["languages"])}
+    tracker.record_model(run_name, final_model, files, params)
+
+
 def training_pace(run_dir: Path) -> dict[str, float]:
     """A run's median pairs/s and data-wait share of step time over its logged windows after the first.
 
@@ -303,7 +343,7 @@ def _user_error(err: BaseException) -> HbtError | None:
 
 
 def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: str | None = None,
-                 callbacks: list | None = None) -> dict[str, Any]:
+                 callbacks: list | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Trains a bi-encoder with Ray Train + DeepSpeed and records the run.
 
     Args:
@@ -312,6 +352,7 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
             restores its latest checkpoint; raise ``train.max_steps`` to train longer).
         parent_run_id: MLflow parent run (studies and tuning nest runs).
         callbacks: extra Ray Train ``UserCallback`` s (Tune's report callback).
+        tags: MLflow tags over :func:`run_tags` (a study names its strategy, e.g. ``x_y``).
 
     Returns:
         ``run_name``, ``run_dir``, ``model_dir`` (the final transformers
@@ -324,7 +365,7 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
 
     if not ray.is_initialized():  # a Tune trial runs inside Ray: its search checked the config
         check_cluster_handoffs(cfg)
-    from hbt.model.storage import check_model_files, check_storage, is_uri
+    from hbt.model.storage import check_model_files, check_storage, is_uri, write_training_record
 
     if is_uri(storage_root(cfg)):
         check_storage(storage_root(cfg))  # before Ray: a wrong bucket fails now, not at the first checkpoint
@@ -339,11 +380,11 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
     dump_config(cfg, run_dir / "config.yaml")
     init_ray(cfg.ray.address)
 
-    tracker = tracker_for(cfg, run_name, run_dir, parent_run_id,
-                          tags={"hbt.kind": "train", "hbt.strategy": cfg.batching.strategy,
-                                "hbt.alpha": str(cfg.batching.alpha)})
+    tags = {**run_tags(cfg), **(tags or {})}
+    tracker = tracker_for(cfg, run_name, run_dir, parent_run_id, tags=tags)
     tracker.log_params(cfg.model_dump(mode="json"))
     tracker.log_artifact(run_dir / "config.yaml")
+    split = None
     if cfg.data.format == "xquad":
         from hbt.data.readers import xquad_split
 
@@ -393,8 +434,11 @@ def run_training(cfg: HBTConfig, resume_from: str | None = None, parent_run_id: 
         tracker.end("KILLED")
         raise stopped()
     final_model = publish_final_model(cfg, run_name, run_dir, result.checkpoint)
+    record = training_record(cfg, run_name, tracker, split, tags)
+    write_training_record(final_model, record)
     checkpoint = checkpoint_ref(cfg, result.checkpoint)
     tracker.set_tags({"hbt.final_model": final_model, "hbt.checkpoint": checkpoint or ""})
+    _record_model(tracker, run_name, final_model, record)
     metrics = dict(result.metrics or {})
     tracker.end("FINISHED")
     out = {

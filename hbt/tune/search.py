@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -29,6 +30,8 @@ from hbt.config import (ConfigError, HBTConfig, Interrupted, _redacted, config_f
 from hbt.objective import OBJECTIVE, dev_metrics, objective_value, validate_objective
 from hbt.tune.report import TrialRow, write_reports
 from hbt.tune.space import SearchSpace, load_space, parse_space
+
+log = logging.getLogger("hbt.tune")
 
 STATE_FILE = "search.json"
 # The trainable only drives the TorchTrainer and the evaluation; the Train
@@ -310,7 +313,7 @@ def _open_parent_run(cfg: HBTConfig, base: HBTConfig, name: str, search_dir: Pat
 
     if state.get("mlflow_run_id"):
         return Tracker(uri, cfg.tracking.experiment, name, search_dir, run_id=state["mlflow_run_id"])
-    parent = tracker_for(base, name, search_dir, tags={"hbt.kind": "tune"})
+    parent = tracker_for(base, name, search_dir, tags={"hbt.stage": "tune"})
     # The config a resume is given (-c): the search's own, with its folder pinned.
     dump_config(with_overrides(cfg, {"output_dir": str(search_dir.parent), "run_name": name}),
                 search_dir / "config.yaml")
@@ -363,8 +366,8 @@ def _build_tuner(cfg: HBTConfig, trainable, name: str, root: Path, space: Search
     from ray import tune
 
     n = max_concurrent_trials(cfg)
-    print(f"[hbt] search {name}: {cfg.tune.search_alg} over {space.keys}, {n} trial(s) at a time, "
-          f"in {root / name}", flush=True)
+    log.info("search %s: %s over %s, %d trial(s) at a time, in %s", name, cfg.tune.search_alg, space.keys, n,
+             root / name)
     return tune.Tuner(
         trainable,
         param_space=space.to_tune(cfg.tune.search_alg),
@@ -451,7 +454,7 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
     try:
         # A search stopped before Tune wrote its state has no trials yet: start it.
         if resume and tune.Tuner.can_restore(str(search_dir)):
-            print(f"[hbt] resuming the search in {search_dir}", flush=True)
+            log.info("resuming the search in %s", search_dir)
             tuner = tune.Tuner.restore(str(search_dir), trainable, resume_unfinished=True,
                                        resume_errored=resume_errored)
         else:
@@ -488,5 +491,5 @@ def run_tune(cfg: HBTConfig, space_path: str | None, resume: bool = False, resum
            "counts": summary["counts"], "best": best, "best_config": summary["files"].get("best_config.yaml"),
            "pareto": summary["pareto"], "files": summary["files"]}
     (search_dir / "summary.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
-    print(f"[hbt] search done: {summary['counts']}; tables and best_config.yaml in {search_dir}", flush=True)
+    log.info("search done: %s; tables and best_config.yaml in %s", summary["counts"], search_dir)
     return out

@@ -142,7 +142,7 @@ def _study_job(lab: _Lab, cluster, head: Path) -> dict[str, Any]:
     logs = _submit(cluster, "python -m ray_jobs.study --config configs/local.yaml " + " ".join(map(shlex.quote, overrides)))
     client = MlflowClient(lab.mlflow)
     exp = client.get_experiment_by_name("cl-study")
-    train_runs = client.search_runs([exp.experiment_id], "tags.`hbt.kind` = 'train'")
+    train_runs = client.search_runs([exp.experiment_id], "tags.`hbt.stage` = 'train'")
     return {"logs": logs, "out": head / "out" / "cl-study", "nodes": _train_worker_nodes(cluster),
             "workers": set(cluster.worker_ips), "train_runs": train_runs,
             "histories": {r.info.run_id: [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]

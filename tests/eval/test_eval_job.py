@@ -37,10 +37,10 @@ def _table_row(stdout: str, title: str, setting: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_hbt_eval_by_benchmark_writes_json_and_table(offline_e5_dir, tmp_path):
-    out_json = tmp_path / "out.json"
+    out_json = tmp_path / "res" / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "hbt.cli", "eval", "--model", str(offline_e5_dir), "--benchmark", "xquad_r",
-         "--langs", "en,de", "--output", str(out_json), "--out", str(tmp_path / "res"),
+         "--langs", "en,de", "--out", str(tmp_path / "res"),
          f"output_dir={tmp_path}", "eval.max_questions=20", "eval.pool=question_paragraphs"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
     )
@@ -107,13 +107,13 @@ def test_miracl_qrels_naming_a_missing_document_through_the_cli(tmp_path):
 @pytest.mark.slow
 def test_a_password_in_the_tracking_uri_reaches_no_file_and_no_output(tiny_model_dir, tmp_path):
     """A real (tiny) ``hbt eval`` with ``tracking.uri=http://user:secret@…`` (a dead server): neither a file it
-    writes under output_dir or --out or --output, nor its stdout/stderr, holds the password."""
+    writes under output_dir or --out, nor its stdout/stderr, holds the password."""
     import os
 
-    runs, res, summary = tmp_path / "runs", tmp_path / "res", tmp_path / "summary.json"
+    runs, res = tmp_path / "runs", tmp_path / "res"
     proc = subprocess.run(
         [sys.executable, "-m", "hbt.cli", "eval", "--model", str(tiny_model_dir), "--benchmark", "tatoeba",
-         "--langs", "deu", "--out", str(res), "--output", str(summary), f"output_dir={runs}",
+         "--langs", "deu", "--out", str(res), "--json", f"output_dir={runs}",
          "tracking.uri=http://user:secret@127.0.0.1:9", "eval.max_questions=20", "eval.num_encoders=1",
          "eval.precision=fp32", "eval.batch_size=32"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
@@ -122,8 +122,8 @@ def test_a_password_in_the_tracking_uri_reaches_no_file_and_no_output(tiny_model
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "secret" not in proc.stdout + proc.stderr
     assert "user:***@127.0.0.1:9" in proc.stderr  # the tracking warning names the server, without the password
-    written = [p for root in (runs, res) if root.exists() for p in root.rglob("*") if p.is_file()] + [summary]
-    assert {"mlflow_run.json", "config.yaml", "params.json", "metrics.json"} <= {p.name for p in written}
+    written = [p for root in (runs, res) if root.exists() for p in root.rglob("*") if p.is_file()]
+    assert {"mlflow_run.json", "config.yaml", "params.json", "metrics.json", "summary.json"} <= {p.name for p in written}
     leaks = [str(p) for p in written if b"secret" in p.read_bytes()]
     assert not leaks, leaks
     assert json.loads((res / "mlflow_run.json").read_text())["tracking_uri"] == "http://user:***@127.0.0.1:9"

@@ -214,9 +214,9 @@ def test_run_eval_job_end_to_end(tiny_model_dir, ray_local, tmp_path):
         },
     })
     out = tmp_path / "eval"
-    doc = run_eval_job(cfg, str(tiny_model_dir), str(out), output_json=str(tmp_path / "eval.json"))
+    doc = run_eval_job(cfg, str(tiny_model_dir), str(out))
     metrics = doc["metrics"]
-    assert json.loads((tmp_path / "eval.json").read_text()) == {k: v for k, v in doc.items() if k not in ("out_dir", "table")}
+    assert json.loads((out / "summary.json").read_text()) == {k: v for k, v in doc.items() if k not in ("out_dir", "table")}
     assert doc["benchmark"] == ["xquad_r", "mlqa_r", "tatoeba", "miracl"]
     assert doc["benchmarks"]["xquad_r"]["settings"]["crosslingual"]["mAP"] == metrics["xquad_r/cross_lingual/mAP"]
     assert doc["benchmarks"]["miracl"]["settings"]["dev"]["nDCG@10"] == metrics["miracl/nDCG@10"]

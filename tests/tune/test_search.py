@@ -74,7 +74,7 @@ def test_three_trial_search_end_to_end(tiny_model_dir, tmp_path, ray_local):
     assert uri == f"sqlite:///{(tmp_path / 'out' / 'mlflow.db').resolve()}"
     client = MlflowClient(uri)
     parent = client.get_run(out["mlflow_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags["hbt.kind"] == "tune"
+    assert parent.info.status == "FINISHED" and parent.data.tags["hbt.stage"] == "tune"
     children = _children(uri, out["mlflow_run_id"])
     assert len(children) == 3
     assert {c.data.tags["hbt.trial_id"] for c in children} == {t["trial_id"] for t in trials}
