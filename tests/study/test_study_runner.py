@@ -84,9 +84,31 @@ def test_study_runs_every_strategy_and_writes_the_report(tiny_model_dir, tmp_pat
     client = MlflowClient(f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name("hbt")
     parent = client.search_runs([exp.experiment_id], "attributes.run_name = 'study-test'")[0]
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    # zero-shot eval + (train + eval) per strategy and seed
-    assert len(children) == 9
+    # The tree a user browses: study -> zero-shot eval, and study -> strategy -> seed -> {train, eval}.
+    def below(run) -> dict[str, object]:
+        kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        return {k.info.run_name: k for k in kids}
+
+    assert parent.data.tags["hbt.stage"] == "study" and parent.info.status == "FINISHED"
+    top = below(parent)
+    assert set(top) == {"zero_shot/eval", "x_y", "hbt"}
+    assert top["zero_shot/eval"].data.tags["hbt.stage"] == "eval"
+    for strategy in ("x_y", "hbt"):
+        group = top[strategy]
+        assert group.data.tags["hbt.stage"] == "strategy" and group.data.tags["hbt.strategy"] == strategy
+        seeds = below(group)
+        assert set(seeds) == {f"{strategy}/s0", f"{strategy}/s1"}
+        for seed in (0, 1):
+            seed_run = seeds[f"{strategy}/s{seed}"]
+            leaves = below(seed_run)
+            assert set(leaves) == {f"{strategy}/s{seed}/train", f"{strategy}/s{seed}/eval"}
+            for run in [seed_run, *leaves.values()]:
+                # The study's strategy name on every level (the X-Y training run is not "hybrid" here).
+                assert run.data.tags["hbt.strategy"] == strategy and run.data.tags["hbt.seed"] == str(seed)
+                assert run.info.status == "FINISHED"
+            assert leaves[f"{strategy}/s{seed}/train"].data.tags["hbt.stage"] == "train"
+            assert leaves[f"{strategy}/s{seed}/eval"].data.tags["hbt.stage"] == "eval"
+        assert group.info.status == "FINISHED"
     assert any(a.path == "report.md" for a in client.list_artifacts(parent.info.run_id))
 
     # The report again from the saved evaluations under other statistics: no training, no Ray.
