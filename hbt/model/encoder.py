@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hbt.config import atomic_path, read_json_file, write_text_atomic
-from hbt.model.card import TrainingFacts, render_model_card
+from hbt.model.card import TrainingFacts, default_model_name, render_model_card
 from hbt.model.metadata import (
     ST_CONFIG_FILE,
     ST_DOCUMENT_PROMPT,
@@ -166,7 +166,8 @@ class BiEncoder(nn.Module):
         return [p + t for t in texts]
 
     def save(self, out_dir: str | os.PathLike, tokenizer=None, max_seq_length: int | None = None,
-             training: TrainingFacts | None = None, evaluation: dict[str, float] | None = None) -> Path:
+             training: TrainingFacts | None = None, evaluation: dict[str, float] | None = None,
+             model_name: str | None = None) -> Path:
         """Saves in plain transformers format plus hbt and sentence-transformers metadata and a model card.
 
         The directory then loads with ``AutoModel.from_pretrained``, with
@@ -178,6 +179,8 @@ class BiEncoder(nn.Module):
             max_seq_length: the cut-off to serve with; default the metadata's, else what the
                 tokenizer and position embeddings allow (at most 512).
             training, evaluation: what the model card says (see :func:`hbt.model.card.render_model_card`).
+            model_name: the card's name for the model; default ``training.model_name``, else
+                ``hbt/<directory name>``.
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +192,8 @@ class BiEncoder(nn.Module):
         write_metadata(out, meta)
         write_sentence_transformers_files(out, meta, getattr(self.backbone.config, "hidden_size", None), n,
                                           dense=list(self.head))
-        (out / "README.md").write_text(render_model_card(meta, n, training, evaluation), encoding="utf-8")
+        name = model_name or (training.model_name if training else None) or default_model_name(out)
+        write_text_atomic(out / "README.md", render_model_card(meta, n, training, evaluation, model_name=name))
         return out
 
 
@@ -234,7 +238,12 @@ def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: 
             indent=2,
         ),
     )
-    write_text_atomic(out / ST_TRANSFORMER_FILE, json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    transformer_cfg: dict[str, Any] = {"max_seq_length": max_seq_length, "do_lower_case": False}
+    if _drops_pooler(out):
+        # The checkpoint has no pooler (hbt never uses it): without this, sentence-transformers
+        # (and MTEB through it) builds one and transformers reports `pooler.dense.* MISSING`.
+        transformer_cfg["model_args"] = {"add_pooling_layer": False}
+    write_text_atomic(out / ST_TRANSFORMER_FILE, json.dumps(transformer_cfg))
     write_text_atomic(
         out / ST_CONFIG_FILE,
         json.dumps(
@@ -243,6 +252,32 @@ def write_sentence_transformers_files(out: Path, meta: EncoderMetadata, hidden: 
             indent=2,
         ),
     )
+
+
+def _weight_names(model_dir: str | os.PathLike) -> set[str] | None:
+    """The tensor names of a local checkpoint's safetensors weights (``None``: none found)."""
+    d = Path(model_dir)
+    if (d / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        return set(read_json_file(index, "weights index", "copy or save the model again").get("weight_map", {}))
+    return None
+
+
+def _has_pooler_weights(names: set[str]) -> bool:
+    return any("pooler" in name.split(".")[:2] for name in names)
+
+
+def _drops_pooler(model_dir: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's architecture builds a pooler its weights do not hold."""
+    if not _is_bert(model_dir):
+        return False
+    names = _weight_names(model_dir)
+    return names is not None and not _has_pooler_weights(names)
 
 
 # The sentence-transformers modules hbt applies (by class name; see module_kind).
@@ -323,7 +358,17 @@ def load_encoder(
     kwargs: dict = {"use_safetensors": True}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    backbone = AutoModel.from_pretrained(src, add_pooling_layer=False, **kwargs) if _is_bert(src) else AutoModel.from_pretrained(src, **kwargs)
+    if _is_bert(src):
+        # hbt never uses the pooler. Build it only when the checkpoint holds its weights (and
+        # drop it after loading): either way transformers' load report has nothing to say
+        # (no `pooler.* MISSING`, no `pooler.* UNEXPECTED`).
+        names = _weight_names(src)
+        with_pooler = names is not None and _has_pooler_weights(names)
+        backbone = AutoModel.from_pretrained(src, add_pooling_layer=with_pooler, **kwargs)
+        if with_pooler:
+            backbone.pooler = None
+    else:
+        backbone = AutoModel.from_pretrained(src, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(src)
     if torch_dtype is not None:
         head = [layer.to(torch_dtype) for layer in head]

@@ -136,20 +136,33 @@ def serving_max_length(cfg: HBTConfig) -> int:
 
 
 def training_facts(cfg: HBTConfig, step: int) -> TrainingFacts:
-    """What the model card says about this run."""
+    """What the model card says about this run.
+
+    The model is named ``hbt/<base>[-l<layers>]-<strategy>[-a<alpha>]-s<seed>`` (``<base>``: the
+    base model's Hub name where known); the card's ``language`` is the training languages and
+    its ``datasets`` the training data (Hub ids where hbt knows them).
+    """
+    from hbt.model.card import base_model_hub_id, slug, training_datasets
+
     d, b = cfg.data, cfg.batching
     data = f"{d.format} `{d.path}`, languages {', '.join(d.languages)}"
     if d.max_questions:
         data += f", first {d.max_questions} questions"
     if d.heldout_articles or d.dev_articles:
         data += f" ({len(d.heldout_articles)} test and {len(d.dev_articles)} dev articles held out)"
-    base = cfg.model.name_or_path + (f" (first {cfg.model.num_layers} layers)" if cfg.model.num_layers else "")
+    start = cfg.model.name_or_path
+    hub_id = base_model_hub_id(start)
+    base = (hub_id or Path(start.rstrip("/")).name).rsplit("/", 1)[-1]
+    tag = f"{b.strategy}-a{b.alpha:g}" if b.strategy == "hybrid" else b.strategy
+    layers = f"-l{cfg.model.num_layers}" if cfg.model.num_layers else ""
     return TrainingFacts(
-        base_model=base, training_data=data, strategy=b.strategy,
+        base_model=start, training_data=data, strategy=b.strategy,
         alpha=b.alpha if b.strategy == "hybrid" else None, steps=step, seeds=[b.seed],
         other={"Global batch size": str(b.global_batch_size), "Learning rate": f"{cfg.train.lr:g}",
                "Temperature": f"{cfg.train.temperature:g}",
                "Max lengths (query/passage)": f"{cfg.model.max_query_length}/{cfg.model.max_passage_length}"},
+        num_layers=cfg.model.num_layers, languages=list(d.languages), datasets=training_datasets(d.format, d.path),
+        model_name=f"hbt/{slug(f'{base}{layers}-{tag}-s{b.seed}')}",
     )
 
 
