@@ -3,7 +3,7 @@
 Every sentence here is a rule over the report's numbers: the answer verbatim, the
 verdict counts, which open comparisons could still hide a loss beyond the margin,
 estimates past the margin, language-bias differences whose intervals exclude 0, the
-seeds' share of the variance and the plan. Nothing is typed by hand, so the section
+seeds' share of the variance, and a link to the full report. Nothing is typed by hand, so the section
 cannot claim what the report does not hold (``tests/study/test_study_readme.py``
 checks that the README's section is this function's output on docs/study/report.json).
 """
@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hbt.study.report import _fmt_comp, _name, _seed_share, display_name, endpoints_table, summary_table
+from hbt.study.report import display_name, fmt_comp, seed_share, strategy_name
 
 BEGIN = "<!-- study: generated from docs/study/report.json by `hbt study --report-from DIR --publish`; do not edit -->"
 END = "<!-- study: end -->"
 
 
 def _comp(e: Mapping[str, Any]) -> str:
-    return f"{e['key']} vs {_name(e['comparator'])}, {_fmt_comp(e)}"
+    return f"{e['key']} vs {strategy_name(e['comparator'])}, {fmt_comp(e)}"
 
 
 def _family_lines(report: Mapping[str, Any], family: str, label: str) -> list[str]:
@@ -55,8 +55,8 @@ def _primary_lines(report: Mapping[str, Any]) -> list[str]:
     if not p:
         return []
     hbt = display_name(report["hbt"])
-    parts = [f"{c['verdict']} than {_name(k)} ({_fmt_comp(c)})" if c["verdict"] in ("better", "worse")
-             else f"not distinguishable from {_name(k)} ({_fmt_comp(c)})"
+    parts = [f"{c['verdict']} than {strategy_name(k)} ({fmt_comp(c)})" if c["verdict"] in ("better", "worse")
+             else f"not distinguishable from {strategy_name(k)} ({fmt_comp(c)})"
              for k, c in p["comparisons"].items() if c]
     return [f"- In domain, `{p['key']}` (superiority): {hbt} is " + "; ".join(parts) + "."]
 
@@ -71,14 +71,14 @@ def _bias_lines(report: Mapping[str, Any]) -> list[str]:
             if not c or c.get("low") is None:
                 continue
             if c["low"] > 0:
-                out.append(f"{hbt} is more language-biased than {_name(comp)} on {row['key']} ({_fmt_comp(c)})")
+                out.append(f"{hbt} is more language-biased than {strategy_name(comp)} on {row['key']} ({fmt_comp(c)})")
             elif c["high"] < 0:
-                out.append(f"{hbt} is less language-biased than {_name(comp)} on {row['key']} ({_fmt_comp(c)})")
+                out.append(f"{hbt} is less language-biased than {strategy_name(comp)} on {row['key']} ({fmt_comp(c)})")
     return ["- Language bias (lower is less biased; 95% intervals that exclude 0): " + "; ".join(out) + "."] if out else []
 
 
 def _seed_lines(report: Mapping[str, Any]) -> list[str]:
-    shares = [s for e in report["endpoints"].get("domain_shift") or [] if (s := _seed_share(e)).endswith("%")]
+    shares = [s for e in report["endpoints"].get("domain_shift") or [] if (s := seed_share(e)).endswith("%")]
     if not shares:
         return []
     vals = sorted(int(s[:-1]) for s in shares)
@@ -97,8 +97,6 @@ def readme_section(report: Mapping[str, Any], timings: Mapping[str, float] | Non
         timings: its ``timings.json`` (for the wall time), if kept.
         machine: the machine it ran on, in words (``machine.json`` via :func:`hbt.hardware.machine_text`).
     """
-    from hbt.study.plan import plan_markdown
-
     seeds = report["seeds"]
     n_seeds = sorted({len(v) for v in seeds.values()})
     run = f"{len(report['strategies'])} strategies × {'/'.join(map(str, n_seeds))} seeds"
@@ -107,18 +105,12 @@ def readme_section(report: Mapping[str, Any], timings: Mapping[str, float] | Non
     if machine:
         run += f" on {machine}"
     out = [BEGIN, "", f"**{report['question']}** Answer at this scale: **{report['answer']}**", "",
-           f"The answer is derived from the verdicts below and nothing else. The run: {run}. The full report, with "
-           "the method, every reduction and the plots: [docs/study/report.md](docs/study/report.md).", "",
-           "### Verdicts", "", endpoints_table(report), "", "### Scores", "", summary_table(report), "",
-           "### What the report holds", ""]
+           f"The answer is derived from the report's verdicts and nothing else. The run: {run}. What it holds:", ""]
     out += _family_lines(report, "domain_shift", "Against the trained baselines (the question)")
     out += _family_lines(report, "fine_tuning", "Against the untrained model (does fine-tuning hurt?)")
     out += _primary_lines(report) + _bias_lines(report) + _seed_lines(report)
-    if report.get("reductions"):
-        out += ["", "Reductions (what this run does differently from the full protocol):", ""]
-        out += [f"- {r}" for r in report["reductions"]]
-    if report.get("plan"):
-        out += ["", "### What would settle it", "", plan_markdown(report["plan"])]
+    out += ["", "The verdict and score tables, the method, every reduction of this run, the plots and the designs "
+            "that would settle the open comparisons: [docs/study/report.md](docs/study/report.md)."]
     out += ["", END]
     return "\n".join(out)
 

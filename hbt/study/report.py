@@ -336,7 +336,7 @@ def _fmt_score(s: dict[str, Any] | None) -> str:
     return f"{s['mean']:.4f} ± {s['std']:.4f}"
 
 
-def _fmt_comp(c: dict[str, Any] | None) -> str:
+def fmt_comp(c: dict[str, Any] | None) -> str:
     if c is None:
         return "—"
     if c.get("low") is None:
@@ -355,7 +355,7 @@ def _benchmark_label(report: dict[str, Any], key_or_benchmark: str) -> str:
     return key_or_benchmark + (REDUCED_POOL_MARK if benchmark in report.get("reduced_pools", ()) else "")
 
 
-def _name(comp: str) -> str:
+def strategy_name(comp: str) -> str:
     return "zero-shot" if comp == ZERO_SHOT else display_name(comp)
 
 
@@ -368,14 +368,14 @@ def summary_table(report: dict[str, Any]) -> str:
     hbt = display_name(report["hbt"])
     pct = report.get("confidence_pct", 95)
     header = ["Benchmark", "Setting", "Metric", "Zero-shot"] + [display_name(s) for s in report["strategies"]]
-    header += [f"{hbt} − {_name(b)} [{pct}% CI]" for b in report["comparators"]]
+    header += [f"{hbt} − {strategy_name(b)} [{pct}% CI]" for b in report["comparators"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in report["rows"]:
         metric = r["metric"] + ("" if r["higher_is_better"] else " ↓")
         cells = [_benchmark_label(report, r["benchmark"]) if r["benchmark"] else "—", r["setting"] or "—", metric,
                  _fmt(r["zero_shot"])]
         cells += [_fmt_score(r["scores"].get(s)) for s in report["strategies"]]
-        cells += [_fmt_comp(r["comparisons"].get(b)) for b in report["comparators"]]
+        cells += [fmt_comp(r["comparisons"].get(b)) for b in report["comparators"]]
         lines.append("| " + " | ".join(cells) + " |")
     if any(r["benchmark"] in report.get("reduced_pools", ()) for r in report["rows"]):
         lines += ["", REDUCED_POOL_NOTE]
@@ -392,7 +392,7 @@ def endpoints_table(report: dict[str, Any]) -> str:
         out += [f"Primary, in domain (superiority): `{ep['primary']['key']}`", "",
                 f"| {hbt} − | difference [{pct}% CI] | verdict |", "|---|---|---|"]
         for comp, c in ep["primary"]["comparisons"].items():
-            out.append(f"| {_name(comp)} | {_fmt_comp(c)} | {c['verdict'] if c else '—'} |")
+            out.append(f"| {strategy_name(comp)} | {fmt_comp(c)} | {c['verdict'] if c else '—'} |")
         out.append("")
     titles = {"domain_shift": "Domain shift, against the trained baselines: does {hbt}'s batching hurt?",
               "fine_tuning": "Domain shift, against the untrained model: does fine-tuning hurt? (a family of its own)"}
@@ -407,7 +407,7 @@ def endpoints_table(report: dict[str, Any]) -> str:
                 "p non-inferior (Holm) | verdict |", "|---|---|---|---|---|---|"]
         for e in entries:
             key = _benchmark_label(report, e["key"]) + ("" if e.get("higher_is_better", True) else " ↓")
-            out.append(f"| {key} | {_name(e['comparator'])} | {_fmt_comp(e)} | {_seed_share(e)} | "
+            out.append(f"| {key} | {strategy_name(e['comparator'])} | {fmt_comp(e)} | {seed_share(e)} | "
                        f"{e['p_noninferior']:.4f} ({e['p_noninferior_holm']:.4f}) | {e['verdict']}"
                        f"{'' if e.get('mc_stable', True) else ' †'} |")
             marked |= not e.get("mc_stable", True)
@@ -421,7 +421,7 @@ def endpoints_table(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip("\n")
 
 
-def _seed_share(e: dict[str, Any]) -> str:
+def seed_share(e: dict[str, Any]) -> str:
     """The seed component's share of a difference's variance, as a percentage (— when unknown)."""
     vq = e.get("var_questions")
     if vq is None:
@@ -510,8 +510,7 @@ def matrix_title(name: str) -> str:
                 "candidates in language Y (columns); mean over seeds")
     if len(parts) == 3 and parts[1] == "multilingual" and parts[2].endswith("_by_language"):
         metric = parts[2].removesuffix("_by_language")
-        return (f"{_benchmark_words(name)}, multilingual {metric} by query language (one pool of every language); "
-                "mean ± std over seeds")
+        return f"{_benchmark_words(name)}, multilingual {metric} by query language (one pool of every language)"
     return name
 
 
@@ -568,7 +567,8 @@ def plot_by_language(name: str, per: dict[str, Any], order: list[str], path: Pat
     ax.set_xlabel("query language", fontsize=9)
     ax.set_ylabel(name.split("/")[-1].removesuffix("_by_language"), fontsize=9)
     ax.legend(fontsize=8, ncols=min(4, len(panels)))
-    ax.set_title(matrix_title(name), fontsize=9)
+    spread = any(per[s].get("std") is not None for s in panels)
+    ax.set_title(matrix_title(name) + ("; mean ± std over seeds" if spread else "; mean over seeds"), fontsize=9)
     fig.savefig(path, dpi=120)
     return fig
 
@@ -596,7 +596,7 @@ def plot_bias(bias: dict[str, Any], order: list[str], path: Path):
             # No error bar where there is no spread to show (zero-shot: one evaluation).
             errs = [np.nan if bias[k][s]["std"] is None else bias[k][s]["std"] for s in groups]
             ax.bar(range(len(groups)), means, yerr=errs, capsize=3, color=[f"C{i}" for i in range(len(groups))])
-            ax.set_xticks(range(len(groups)), [_name(s) for s in groups], fontsize=8, rotation=30, ha="right")
+            ax.set_xticks(range(len(groups)), [strategy_name(s) for s in groups], fontsize=8, rotation=30, ha="right")
             words, reading = _BIAS_WORDS.get(metric, (metric, ""))
             ax.set_title(f"{_BENCHMARK_WORDS.get(b, b)}\n{words}", fontsize=8)
             ax.set_ylabel(reading, fontsize=7)

@@ -66,7 +66,7 @@ def reductions(cfg: HBTConfig, eval_info: dict[str, Any] | None = None) -> list[
         out.append("balanced language schedules (batching.language_schedule), where the paper draws every batch "
                    "independently: each language (each ordered pair for X-Y) comes up in proportion over every round "
                    "of steps and a hybrid run is monolingual on exactly alpha of each 20 steps, so which languages "
-                   "a seed happened to draw no longer adds to the seed variance")
+                   "a seed happened to draw does not add to the seed variance")
     if cfg.eval.languages:
         out.append(f"evaluation languages {', '.join(cfg.eval.languages)}")
     sampled = {b: n for b in cfg.eval.benchmarks if (n := cfg.eval.max_questions_of(b))}
