@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Any
 
 from hbt.config import HbtError
@@ -253,6 +254,9 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
         # Ray starts workers at nice 15, below its own daemons; a local run's workers are
         # the job itself, so they get the priority `ray job submit` gives a job's workers.
         os.environ.setdefault("RAY_worker_niceness", "0")
+    log = logging.getLogger(LOGGER)
+    t0 = time.monotonic()
+    log.info("starting Ray" if address == "local" else f"joining the Ray cluster at {address or 'RAY_ADDRESS'}")
     try:
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
             # Under `ray job submit` the job's runtime env already reaches every
@@ -265,6 +269,8 @@ def init_ray(address: str | None = None, **init_kwargs: Any) -> None:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **init_kwargs)
     except (ConnectionError, RuntimeError, TimeoutError, OSError) as e:
         raise RayStartError(address, e) from None
+    log.info("Ray up in %.0fs: %g CPUs, %g GPUs", time.monotonic() - t0, ray.cluster_resources().get("CPU", 0),
+             ray.cluster_resources().get("GPU", 0))
     _filter_library_noise()  # Ray Data's and Train's handlers exist once they are imported
     _forward_worker_lines()
 

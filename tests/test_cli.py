@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hbt.config import PROJECT_ROOT
-from hbt.raysetup import LIBRARY_NOISE, is_library_noise
+from hbt.raysetup import is_library_noise
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +89,3 @@ def test_eval_of_a_trained_run_scores_the_articles_it_held_out(trained):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"XQuAD-R includes \d+ article\(s\) that tiny trained on", proc.stdout), proc.stdout
     assert proc.stdout.lstrip().startswith("benchmark"), "stdout is the table alone"
-
-
-def test_the_noise_list_says_why_each_line_is_dropped():
-    assert all(why and pattern for pattern, why in LIBRARY_NOISE)
-    assert is_library_noise("[2026-01-01 00:00:00] [WARNING] [real_accelerator.py:213:get_accelerator] Setting "
-                            "accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
-    assert not is_library_noise("[hbt] step 2/2 loss 3.1")

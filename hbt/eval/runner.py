@@ -10,6 +10,7 @@ scorers. Which benchmarks exist and how each loads and scores is
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from hbt.eval.benchmarks import BenchmarkError
 from hbt.eval.registry import spec
 from hbt.eval.results import Collector, EvalResult
 from hbt.model.storage import shareable_model
+
+log = logging.getLogger("hbt.eval")
 
 SPLITS = ("test", "dev")
 
@@ -113,11 +116,19 @@ def score_benchmarks(benches: dict[str, Any], emb: np.ndarray, where: dict[str, 
     Returns:
         Per-benchmark info (languages and sizes).
     """
+    from hbt.progress import Progress
+
     info: dict[str, Any] = {}
+    # One unit a benchmark: each is searched and scored whole, and a large pool takes minutes.
+    progress = Progress("search and score", len(benches), "benchmarks", every_s=0.0)
     for name, b in benches.items():
         s = spec(name)
+        t = time.time()
         s.score(b, [emb[sl] for sl in where[name]], cfg, col, out)
         info[name] = s.info(b)
+        log.debug("%s searched and scored in %.1fs", name, time.time() - t)
+        progress.update(1)
+    progress.close()
     return info
 
 

@@ -262,8 +262,13 @@ def compute_report(
     boot = {"n_resamples": n_samples, "confidence": confidence, "seed": seed}
     keys = list(dict.fromkeys([*metrics, *([primary] if primary else []), *domain_shift]))
     rows, raw = {}, {}
+    from hbt.progress import Progress
+
+    progress = Progress("bootstrap", len(keys), "metrics", every_s=10.0)
     for key in keys:
         rows[key], raw[key] = _metric_row(key, runs, hbt_name, comparators, not lower_is_better(key), boot, unit)
+        progress.update(1)
+    progress.close()
 
     endpoints: dict[str, Any] = {"margin": margin, "primary": None, "domain_shift": [], "fine_tuning": [],
                                  "holm_family": 0}

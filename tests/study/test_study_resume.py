@@ -54,6 +54,10 @@ def test_sigint_after_the_first_run_then_resume_gives_the_uninterrupted_report(t
     study_dir = (tmp_path / "cut" / "st").resolve()
     assert last.startswith("interrupted: 1 of 2 training runs") and last.endswith(f"hbt study --resume {study_dir}")
     kept = _fingerprint(first)
+    # Ctrl-C leaves no MLflow run RUNNING: the study and its open strategy/seed/train runs are KILLED.
+    runs = _mlflow_runs(tmp_path / "cut" / "mlflow.db")
+    assert "RUNNING" not in runs.values() and runs["st"] == "KILLED", runs
+    assert runs["x_y/s0/train"] == runs["x_y/s0/eval"] == "FINISHED", runs
 
     resumed = _study(["--resume", str(study_dir)], tmp_path / "resumed.log")
     assert resumed.wait(timeout=1200) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
@@ -65,6 +69,22 @@ def test_sigint_after_the_first_run_then_resume_gives_the_uninterrupted_report(t
     b = json.loads((study_dir / "report.json").read_text())
     assert _close([r["scores"] for r in a["rows"]], [r["scores"] for r in b["rows"]])
     assert a["answer"] == b["answer"]
+    # The resumed study continues the same MLflow tree and finishes it.
+    runs = _mlflow_runs(tmp_path / "cut" / "mlflow.db")
+    assert runs["st"] == runs["x_y"] == runs["hbt"] == runs["hbt/s0/train"] == runs["hbt/s0/eval"] == "FINISHED", runs
+
+
+def _mlflow_runs(db: Path) -> dict[str, str]:
+    """Run name -> status of the newest run of that name in a sqlite MLflow store (a training run cut
+    short and continued has two: the KILLED one and the one that finished it)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db.resolve()}")
+    exp = client.get_experiment_by_name("hbt")
+    out: dict[str, str] = {}
+    for r in client.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time DESC"]):
+        out.setdefault(r.info.run_name, r.info.status)
+    return out
 
 
 def _close(a, b, tol: float = 1e-6) -> bool:
