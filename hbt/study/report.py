@@ -571,9 +571,10 @@ def plot_by_language(name: str, per: dict[str, Any], order: list[str], path: Pat
     ax.set_xticks(range(len(langs)), langs, fontsize=9)
     ax.set_xlabel("query language", fontsize=9)
     ax.set_ylabel(name.split("/")[-1].removesuffix("_by_language"), fontsize=9)
-    ax.legend(fontsize=8, ncols=min(4, len(panels)))
+    # Above the bars, not over them: every language's group reaches the top half.
+    ax.legend(fontsize=8, ncols=len(panels), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     spread = any(per[s].get("std") is not None for s in panels)
-    ax.set_title(matrix_title(name) + ("; mean ± std over seeds" if spread else "; mean over seeds"), fontsize=9)
+    fig.suptitle(matrix_title(name) + ("; mean ± std over seeds" if spread else "; mean over seeds"), fontsize=9)
     fig.savefig(path, dpi=120)
     return fig
 

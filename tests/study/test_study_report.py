@@ -216,7 +216,7 @@ def test_each_plot_kind_says_what_it_shows(tmp_path: Path) -> None:
     assert len(ax.patches) == 3 * 4 and [t.get_text() for t in ax.get_xticklabels()] == LANGS
     assert ax.get_xlabel() == "query language" and ax.get_ylabel() == "mAP"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["zero-shot", "X-X-mono", "X-Y", "HBT"]
-    assert "by query language" in ax.get_title()
+    assert "by query language" in fig._suptitle.get_text()
 
     bias = {"xquad_r/bias/own_language_top1": {s: {"mean": 0.9 - i / 10, "std": None if s == "zero_shot" else 0.01}
                                                for i, s in enumerate(["zero_shot", *order])},
