@@ -57,7 +57,7 @@ def test_sigint_after_the_first_run_then_resume_gives_the_uninterrupted_report(t
     # Ctrl-C leaves no MLflow run RUNNING: the study and its open strategy/seed/train runs are KILLED.
     runs = _mlflow_runs(tmp_path / "cut" / "mlflow.db")
     assert "RUNNING" not in runs.values() and runs["st"] == "KILLED", runs
-    assert runs["x_y/s0/train"] == runs["x_y/s0/eval"] == "FINISHED", runs
+    assert runs["x_y/s0/train"] == "FINISHED", runs  # the cut comes as its training run is marked done
 
     resumed = _study(["--resume", str(study_dir)], tmp_path / "resumed.log")
     assert resumed.wait(timeout=1200) == 0, (tmp_path / "resumed.log").read_text()[-3000:]

@@ -1,0 +1,45 @@
+"""Smoke test for benchmarks/short_train.py: ``hbt train`` and a sentence-transformers script, 2 steps each.
+
+The numbers are meaningless at this size (tiny model); the test keeps the script
+from rotting: the hbt CLI command it runs, the metrics.jsonl fields it reads, the
+sentence-transformers script, and the JSON line it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "short_train.py"
+
+
+@pytest.mark.slow
+def test_short_train_hbt_vs_sentence_transformers(tiny_model_dir, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_model_dir), "--steps", "2",
+                           "--reps", "1", "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [x for x in proc.stdout.splitlines() if x.strip()]
+    assert len(lines) == 1, f"stdout must hold exactly the JSON line, got {proc.stdout[-2000:]!r}"
+    out = json.loads(lines[0])
+    assert out["benchmark"] == "short_train"
+    assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "short_train"
+    for c in ("hbt", "sentence_transformers"):
+        (r,) = out["raw"][c]
+        assert r["steps_done"] == 2, c
+        assert 0 < r["to_loop_start_s"] < r["wall_s"], c
+        assert 0 < r["steps_s"] < r["wall_s"], c
+        assert out["wall_s_median"][c] > 0
+    assert out["raw"]["hbt"][0]["final_step_reported"] == 2
+    assert out["raw"]["sentence_transformers"][0]["global_step"] == 2
+    rt = out["ratio_hbt_over_st"]
+    assert isinstance(rt, float) and math.isfinite(rt) and rt > 0
+    assert out["setup"]["sentence_transformers"]["batch"] == out["setup"]["batch_pairs"] == 32
