@@ -128,11 +128,11 @@ def resolve_eval_auto(cfg: Any, verbose: bool = True) -> Any:
     return with_overrides(cfg, updates)
 
 
-def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str], cfg: Any) -> dict[str, float]:
-    """Share of queries and of passages longer than ``eval.max_length`` tokens (prefix and special tokens included).
+def token_lengths(model_dir: str, items: Sequence[tuple[str, str]], cfg: Any) -> np.ndarray:
+    """Each ``(kind, text)`` item's token count as the encoder sees it, before the cut at ``eval.max_length``.
 
-    The study's Reductions list these: a cut-off that truncates answer
-    sentences changes what is evaluated.
+    The prompt prefix and the special tokens count. One pass of the driver's tokenizer
+    serves both the length order of the encoding batches and :func:`truncated_shares`.
     """
     from hbt.model.metadata import read_metadata
     from hbt.model.storage import local_model_dir
@@ -141,14 +141,24 @@ def truncation_shares(model_dir: str, texts: Sequence[str], kinds: Sequence[str]
     prefix = {"query": cfg.model.query_prefix if cfg.model.query_prefix is not None else meta.query_prefix,
               "passage": cfg.model.passage_prefix if cfg.model.passage_prefix is not None else meta.passage_prefix}
     tok = driver_tokenizer(str(model_dir))
-    out: dict[str, float] = {}
-    for kind in KINDS:
-        items = [prefix[kind] + t for t, k in zip(texts, kinds) if k == kind]
-        if not items:
-            continue
-        lengths = [len(x) for x in tok(items, truncation=False)["input_ids"]]
-        out[kind] = float(np.mean(np.asarray(lengths) > cfg.eval.max_length))
-    return out
+    lengths = np.zeros(len(items), dtype=np.int64)
+    step = 4096
+    for s in range(0, len(items), step):
+        chunk = items[s : s + step]
+        # verbose=False: a text longer than the model's limit is what is being counted, not a mistake.
+        enc = tok([prefix[k] + t for k, t in chunk], truncation=False, verbose=False)
+        lengths[s : s + len(chunk)] = [len(x) for x in enc["input_ids"]]
+    return lengths
+
+
+def truncated_shares(lengths: np.ndarray, kinds: Sequence[str], max_length: int) -> dict[str, float]:
+    """Share of queries and of passages longer than ``max_length`` tokens (:func:`token_lengths`' counts).
+
+    The study's Reductions list these: a cut-off that truncates answer
+    sentences changes what is evaluated.
+    """
+    kinds = np.asarray(kinds)
+    return {k: float(np.mean(lengths[kinds == k] > max_length)) for k in KINDS if (kinds == k).any()}
 
 
 def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
@@ -166,13 +176,20 @@ def _actor_kwargs(model_dir: str, cfg: Any) -> dict[str, Any]:
     }
 
 
-def _encoded(items: list[tuple[str, str]], model_dir: str, cfg: Any):
-    """The Ray Data pipeline embedding unique ``(kind, text)`` items: blocks of ``{row, embedding}``."""
+def _encoded(items: list[tuple[str, str]], model_dir: str, cfg: Any, lengths: np.ndarray | None = None):
+    """The Ray Data pipeline embedding unique ``(kind, text)`` items: blocks of ``{row, embedding}``.
+
+    ``lengths``: :func:`token_lengths` of the items when the caller has them (the batches are
+    sorted by them, capped at the cut-off); else the items are tokenised here for the order.
+    """
     import ray
 
     import pyarrow as pa
 
-    order = length_order(model_dir, items, cfg.eval.max_length)
+    if lengths is None:
+        order = length_order(model_dir, items, cfg.eval.max_length)
+    else:
+        order = np.lexsort((np.arange(len(items)), np.minimum(lengths, cfg.eval.max_length)))
     bs = cfg.eval.batch_size
     # Blocks of a few batches: enough blocks to keep every actor busy, and the
     # length order survives inside each block. Each block is built as columns and
@@ -214,7 +231,8 @@ def encode_to_store(texts: Sequence[str], kinds: Sequence[str], model_dir: str, 
         A :class:`~hbt.eval.search.LazyEmbeddings` in input order: slicing it is
         free, ``np.asarray`` fetches the rows asked for, and
         :func:`~hbt.eval.search.make_index` searches it with actors that hold
-        the blocks. The driver keeps one block id and offset per unique text.
+        the blocks. The driver keeps one block id and offset per unique text. Its
+        ``token_lengths`` are the texts' :func:`token_lengths`.
     """
     from hbt.eval.search import LazyEmbeddings, store_from_refs
 
@@ -222,8 +240,11 @@ def encode_to_store(texts: Sequence[str], kinds: Sequence[str], model_dir: str, 
     items, inverse = unique_items(texts, kinds)
     if not items:
         raise ValueError("encode_to_store: no texts")
-    refs = _stream_numpy_refs(_encoded(items, model_dir, cfg), len(items))
-    return LazyEmbeddings(store_from_refs(refs, len(items), cfg.eval), inverse)
+    lengths = token_lengths(model_dir, items, cfg)
+    refs = _stream_numpy_refs(_encoded(items, model_dir, cfg, lengths), len(items))
+    out = LazyEmbeddings(store_from_refs(refs, len(items), cfg.eval), inverse)
+    out.token_lengths = lengths[np.asarray(inverse)]  # per text, for truncated_shares
+    return out
 
 
 def _stream_numpy_refs(ds, total: int) -> list[Any]:

@@ -202,7 +202,7 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
         BenchmarkError: bad benchmark files or language codes.
         ValueError: an unknown split, or ``dev`` without ``data.dev_articles``.
     """
-    from hbt.eval.encode import encode_to_store, truncation_shares
+    from hbt.eval.encode import encode_to_store, truncated_shares
 
     t0 = time.time()
     out = Path(out_dir)
@@ -230,9 +230,9 @@ def evaluate(cfg: HBTConfig, model_dir: str, out_dir: str, split: str = "test",
     finally:
         lazy.store.close()
     for name, sl in where.items():
-        parts = [i for s in sl for i in range(s.start, s.stop)]
-        info[name]["truncated_at_max_length"] = truncation_shares(
-            str(model_dir), [texts[i] for i in parts], [kinds[i] for i in parts], cfg)
+        parts = np.asarray([i for s in sl for i in range(s.start, s.stop)], dtype=np.int64)
+        info[name]["truncated_at_max_length"] = truncated_shares(
+            lazy.token_lengths[parts], [kinds[i] for i in parts], cfg.eval.max_length)
     t_end = time.time()
     info["seconds"] = {"load": round(t_load - t0, 2), "encode": round(t_enc - t_load, 2),
                        "score": round(t_end - t_enc, 2), "total": round(t_end - t0, 2)}

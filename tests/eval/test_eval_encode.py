@@ -82,3 +82,20 @@ def test_auto_eval_settings_become_concrete_and_explicit_ones_win(ray_local):
     assert (explicit.eval.precision, explicit.eval.num_encoders) == ("fp32", 1)
     half = resolve_eval_auto(load_config(None, ["eval.cpus_per_encoder=2"]))
     assert half.eval.num_encoders == max(1, cpus // 2)
+
+
+def test_token_lengths_count_what_the_encoder_reads_and_give_the_truncated_shares(tiny_model_dir):
+    """One tokenizer pass gives the batches' order and the truncation shares: prompt and special tokens count."""
+    from transformers import AutoTokenizer
+
+    from hbt.eval.encode import token_lengths, truncated_shares
+
+    cfg = config_from_dict({"model": {"query_prefix": "query: ", "passage_prefix": "passage: "}})
+    items = [("query", "Where is Warsaw?"), ("passage", "Warsaw is the capital of Poland. " * 20),
+             ("passage", "Short.")]
+    lengths = token_lengths(str(tiny_model_dir), items, cfg)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    direct = [len(tok(("query: " if k == "query" else "passage: ") + t)["input_ids"]) for k, t in items]
+    assert lengths.tolist() == direct
+    shares = truncated_shares(lengths, [k for k, _ in items], max_length=32)
+    assert shares == {"query": 0.0, "passage": 0.5}
