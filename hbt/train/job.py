@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -258,7 +259,9 @@ def publish_final_model(cfg: HBTConfig, run_name: str, run_dir: Path, checkpoint
         partial = run_dir / ".model.partial"
         shutil.rmtree(partial, ignore_errors=True)
         with checkpoint.as_directory() as d:
-            shutil.copytree(Path(d) / "model", partial)
+            # Hard links where the checkpoint is on the same disk: a checkpoint's files are never
+            # rewritten, and the model's 0.5 GB need not be copied (a copy where links fail).
+            shutil.copytree(Path(d) / "model", partial, copy_function=_link_or_copy)
         if final_model.exists():
             shutil.rmtree(final_model)
         partial.rename(final_model)
@@ -303,6 +306,13 @@ def _record_model(tracker, run_name: str, final_model: str, record: dict[str, An
     params = {"strategy": record["strategy"], "seed": record["seed"], "steps": record["steps"],
               "base_model": record["base_model"], "languages": ",".join(record["data"]["languages"])}
     tracker.record_model(run_name, final_model, files, params)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def training_pace(run_dir: Path) -> dict[str, float]:
