@@ -17,7 +17,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _run(script: str, *args: str, timeout: int = 600) -> dict:
+def run_script(script: str, *args: str, timeout: int = 600) -> dict:
+    """Runs benchmarks/SCRIPT; its stdout must be exactly one JSON line, which is returned."""
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -29,7 +30,7 @@ def _run(script: str, *args: str, timeout: int = 600) -> dict:
 def test_train_throughput_bare_and_sentence_transformers(tiny_model_dir, tmp_path):
     pytest.importorskip("datasets")
     pytest.importorskip("accelerate")
-    out = _run("train_throughput.py", "--model", str(tiny_model_dir), "--reps", "1", "--warmup", "1", "--steps", "2",
+    out = run_script("train_throughput.py", "--model", str(tiny_model_dir), "--reps", "1", "--warmup", "1", "--steps", "2",
                "--log-every", "1", "--contenders", "bare,sentence_transformers", "--out", str(tmp_path / "r.json"))
     assert set(out["pairs_per_s_median"]) == {"bare", "sentence_transformers"}
     assert out["pairs_per_s_median"]["bare"] > 0
@@ -40,7 +41,7 @@ def test_train_throughput_bare_and_sentence_transformers(tiny_model_dir, tmp_pat
 
 @pytest.mark.slow
 def test_train_throughput_hbt_path(tiny_model_dir):
-    out = _run("train_throughput.py", "--model", str(tiny_model_dir), "--reps", "1", "--warmup", "1", "--steps", "2",
+    out = run_script("train_throughput.py", "--model", str(tiny_model_dir), "--reps", "1", "--warmup", "1", "--steps", "2",
                "--log-every", "1", "--contenders", "bare,hbt_zero0", "--interleaved")
     assert out["pairs_per_s_median"]["hbt_zero0"] > 0
     assert set(out["interleaved"]["pairs_per_s"]) == {"bare", "engine_zero0", "engine_zero2"}
@@ -51,7 +52,7 @@ def test_train_throughput_hbt_path(tiny_model_dir):
 
 
 def test_encode_throughput_bare(tiny_model_dir):
-    out = _run("encode_throughput.py", "--model", str(tiny_model_dir), "--texts", "64", "--batch-size", "16",
+    out = run_script("encode_throughput.py", "--model", str(tiny_model_dir), "--texts", "64", "--batch-size", "16",
                "--reps", "1", "--precisions", "fp32,bf16", "--layouts", "", "--variants")
     assert out["texts_per_s_median"]["bare/fp32"] > 0
     assert "bare_bf16_weights/bf16" in out["texts_per_s_median"]
@@ -59,7 +60,7 @@ def test_encode_throughput_bare(tiny_model_dir):
 
 @pytest.mark.slow
 def test_encode_throughput_hbt_actor_pool(tiny_model_dir):
-    out = _run("encode_throughput.py", "--model", str(tiny_model_dir), "--texts", "64", "--batch-size", "16",
+    out = run_script("encode_throughput.py", "--model", str(tiny_model_dir), "--texts", "64", "--batch-size", "16",
                "--reps", "1", "--precisions", "fp32", "--layouts", "1x2")
     assert out["texts_per_s_median"]["hbt_1x2/fp32"] > 0
     # the actor pool embeds exactly what the bare loop embeds
@@ -67,7 +68,7 @@ def test_encode_throughput_hbt_actor_pool(tiny_model_dir):
 
 
 def test_search_small_pools():
-    out = _run("search.py", "--pools", "2000,5000", "--queries", "50", "--k", "10", "--reps", "1", "--shards", "1,2",
+    out = run_script("search.py", "--pools", "2000,5000", "--queries", "50", "--k", "10", "--reps", "1", "--shards", "1,2",
                "--ivfpq", "--ivf-nlist", "8", "--pq-m", "8", "--nprobe", "4")
     assert [p["n"] for p in out["pools"]] == [2000, 5000]
     for p in out["pools"]:
@@ -80,7 +81,7 @@ def test_search_small_pools():
 
 @pytest.mark.slow
 def test_eval_end_to_end_tiny(tiny_model_dir):
-    out = _run("eval_end_to_end.py", "--model", str(tiny_model_dir), "--variants", "fp32,bf16w",
+    out = run_script("eval_end_to_end.py", "--model", str(tiny_model_dir), "--variants", "fp32,bf16w",
                "--languages", "en,de", "--max-questions", "5")
     assert set(out["summary"]) == {"fp32", "bf16w"}
     assert out["summary"]["fp32"]["max_abs_mAP_diff_vs_fp32"] == 0.0
@@ -92,7 +93,7 @@ def test_gpu_throughput_skips_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the GPU-marked test runs the script for real")
-    out = _run("gpu_throughput.py", "--steps", "2")
+    out = run_script("gpu_throughput.py", "--steps", "2")
     assert out["skipped"] and "CUDA" in out["reason"]
 
 
@@ -103,13 +104,13 @@ def test_gpu_throughput_on_the_gpu():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    out = _run("gpu_throughput.py", "--tiny", "--steps", "3", "--warmup", "1")
+    out = run_script("gpu_throughput.py", "--tiny", "--steps", "3", "--warmup", "1")
     assert not out["skipped"] and out["train"]["pairs_per_s"] > 0 and out["encode"]["texts_per_s"] > 0
 
 
 def test_gpu_throughput_code_path_on_cpu():
     """The GPU script's measuring code, run on a tiny model on the CPU (no GPU here to run it for real)."""
-    out = _run("gpu_throughput.py", "--device", "cpu", "--tiny", "--batch", "4", "--length", "8",
+    out = run_script("gpu_throughput.py", "--device", "cpu", "--tiny", "--batch", "4", "--length", "8",
                "--encode-batch", "4", "--steps", "1", "--warmup", "0")
     assert not out["skipped"] and out["train"]["pairs_per_s"] > 0 and out["encode"]["texts_per_s"] > 0
 
@@ -123,7 +124,7 @@ def test_roofline_counts_the_default_evaluation(tiny_model_dir):
     # 12 layers x (Q, K, V, output 384x384 + two 384x1536 FFN matrices) x 2 FLOPs a multiply-add.
     assert linear_flops_per_token(e5_small) == 12 * 2 * (4 * 384 * 384 + 2 * 384 * 1536) == 42_467_328
     assert forward_flops([10, 20], e5_small) == 30 * 42_467_328 + 12 * 4 * 384 * (100 + 400)
-    out = _run("roofline.py", "--model", str(tiny_model_dir), "--sample", "32", "--skip-study", "--gemm-tokens", "128")
+    out = run_script("roofline.py", "--model", str(tiny_model_dir), "--sample", "32", "--skip-study", "--gemm-tokens", "128")
     assert out["default_eval"]["distinct_texts"] > 20_000  # every distinct XQuAD-R text, counted
     for p in ("fp32", "bf16_weights"):
         assert 0 < out["encoder_1_thread"][p]["vs_gemm_peak"]

@@ -8,12 +8,13 @@ same three mAPs when both contenders embed with the same model.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.benchmarks.test_benchmark_scripts import run_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -63,15 +64,9 @@ def test_eval_vs_st_tiny(tiny_model_dir, tmp_path):
 
     encoder, tokenizer = load_encoder(str(tiny_model_dir))
     st_dir = encoder.save(tmp_path / "tiny-st", tokenizer=tokenizer)  # a sentence-transformers directory too
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "eval_vs_st.py"), "--model", str(st_dir), "--langs", "en,de",
-         "--max-questions", "20", "--override", "eval.precision=fp32", "--override", "eval.pool=question_paragraphs",
-         "--out", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [x for x in proc.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, f"stdout must hold exactly the JSON line, got {proc.stdout[-2000:]!r}"
-    out = json.loads(lines[0])
+    out = run_script("eval_vs_st.py", "--model", str(st_dir), "--langs", "en,de", "--max-questions", "20",
+                     "--override", "eval.precision=fp32", "--override", "eval.pool=question_paragraphs",
+                     "--out", str(tmp_path / "r.json"))
     assert out["benchmark"] == "eval_vs_st"
     assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "eval_vs_st"
     assert set(out["summary"]) == {"hbt", "st_faiss"}

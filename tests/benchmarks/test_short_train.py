@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "short_train.py"
+from tests.benchmarks.test_benchmark_scripts import run_script
 
 
 @pytest.mark.slow
@@ -23,13 +20,8 @@ def test_short_train_hbt_vs_sentence_transformers(tiny_model_dir, tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("datasets")
     pytest.importorskip("accelerate")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_model_dir), "--steps", "2",
-                           "--reps", "1", "--out", str(tmp_path / "r.json")],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [x for x in proc.stdout.splitlines() if x.strip()]
-    assert len(lines) == 1, f"stdout must hold exactly the JSON line, got {proc.stdout[-2000:]!r}"
-    out = json.loads(lines[0])
+    out = run_script("short_train.py", "--model", str(tiny_model_dir), "--steps", "2", "--reps", "1",
+                     "--out", str(tmp_path / "r.json"))
     assert out["benchmark"] == "short_train"
     assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "short_train"
     for c in ("hbt", "sentence_transformers"):
