@@ -287,8 +287,9 @@ def offline_model_dir(num_layers: int | None = None) -> Path:
         return target
     tmp = target.with_name(f"{name}.tmp{os.getpid()}")
     build_offline_e5_small(tmp, num_layers)
+    (tmp / _BUILD_FILE).write_text(json.dumps({"build": _BUILD}), encoding="utf-8")
     if target.exists() and not _complete(target):
-        # Left by an interrupted older build: a half model must never be served.
+        # Left by an interrupted build, or built by an older hbt: a half or stale model is never served.
         shutil.rmtree(target, ignore_errors=True)
     try:
         os.replace(tmp, target)
@@ -301,10 +302,19 @@ def offline_model_dir(num_layers: int | None = None) -> Path:
 
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "hbt_encoder.json")
+# Raised when a build writes different files: a cached build of an older hbt is built again (the
+# weights come out the same; build 2 added the sentence-transformers load arguments without a pooler).
+_BUILD = 2
+_BUILD_FILE = "hbt_build.json"
 
 
 def _complete(model_dir: Path) -> bool:
-    return all((model_dir / f).is_file() for f in _MODEL_FILES)
+    if not all((model_dir / f).is_file() for f in _MODEL_FILES):
+        return False
+    try:
+        return json.loads((model_dir / _BUILD_FILE).read_text(encoding="utf-8")).get("build") == _BUILD
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def resolve_model_path(name_or_path: str, num_layers: int | None = None) -> str:

@@ -105,3 +105,18 @@ def test_a_half_built_cache_entry_is_rebuilt_not_served(tmp_path, monkeypatch):
     assert got == stale
     assert AutoModel.from_pretrained(got).config.num_hidden_layers == 1
     assert not list((tmp_path / "models").glob("*.tmp*"))
+
+
+def test_a_cached_build_of_an_older_hbt_is_built_again(tmp_path, monkeypatch):
+    """A whole model from an older build (no build marker) is replaced, so its files match this hbt's."""
+    import json
+
+    from hbt.model.offline import offline_model_dir
+
+    monkeypatch.setenv("HBT_CACHE", str(tmp_path))
+    first = offline_model_dir(num_layers=1)
+    (first / "hbt_build.json").unlink()  # as an older hbt left it
+    (first / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512}))
+    again = offline_model_dir(num_layers=1)
+    assert again == first and (again / "hbt_build.json").is_file()
+    assert json.loads((again / "sentence_bert_config.json").read_text())["model_args"] == {"add_pooling_layer": False}
