@@ -105,7 +105,8 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     fetch(args.datasets or None, dest)
     if args.dest and Path(args.dest).expanduser().resolve() != data_cache_dir().resolve():
         print(f"the default config paths (../shared/data/...) do not look in {args.dest}: point the config at it, "
-              f"e.g. eval.xquad_r_path={args.dest}/xquad-r, or fetch without --dest (to {data_cache_dir()})")
+              f"e.g. eval.xquad_r_path={args.dest}/xquad-r, or fetch without --dest (to {data_cache_dir()})",
+              file=sys.stderr)
     return 0
 
 
