@@ -148,7 +148,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = run_eval_job(cfg, model, out_dir=args.out, track=not args.no_track,
                               on_training_data=args.on_training_data)
     table = result.pop("table")
-    print(json.dumps({k: v for k, v in result.items()}, indent=2) if args.json else table)
+    print(json.dumps(result, indent=2) if args.json else table)
     print(f"[hbt] results: {result['out_dir']} (summary.json, metrics.json, matrices.json, per_query.npz, "
           "info.json, config.yaml)", file=sys.stderr)
     if not args.no_track:

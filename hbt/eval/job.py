@@ -82,7 +82,9 @@ def held_out_split(cfg: HBTConfig, record: dict[str, Any] | None, on_training_da
                     len(set(mine) - set(held)), run, len(held))
     else:
         log.info("scoring the %d XQuAD-R articles run %s held out from training", len(held), run)
-    cfg = with_overrides(cfg, {"data.heldout_articles": held, "eval.heldout_only": True})
+    # The run's dev articles too: the config's own could overlap the run's held-out ones.
+    cfg = with_overrides(cfg, {"data.heldout_articles": held, "data.dev_articles": list(data.get("dev_articles") or []),
+                               "eval.heldout_only": True})
     return cfg, {"split": "test", "training_articles_scored": [], "trained_by": run}
 
 

@@ -127,3 +127,30 @@ def test_a_password_in_the_tracking_uri_reaches_no_file_and_no_output(tiny_model
     leaks = [str(p) for p in written if b"secret" in p.read_bytes()]
     assert not leaks, leaks
     assert json.loads((res / "mlflow_run.json").read_text())["tracking_uri"] == "http://user:***@127.0.0.1:9"
+
+
+def test_a_trained_models_record_picks_its_held_out_articles():
+    """hbt_training.json's split decides what XQuAD-R scores, whatever the config holds out."""
+    from hbt.config import ConfigError, load_config
+    from hbt.eval.job import held_out_split
+
+    record = {"run_name": "r", "data": {"train_articles": ["A", "B", "C"], "heldout_articles": ["D", "E"],
+                                        "dev_articles": ["F"]}}
+    defaults = load_config(None, ["eval.benchmarks=[xquad_r]"])
+    cfg, label = held_out_split(defaults, record)
+    assert cfg.data.heldout_articles == ["D", "E"] and cfg.eval.heldout_only and label["split"] == "test"
+    # A config naming training articles is overridden; one naming a subset of the held-out ones narrows it.
+    cfg, _ = held_out_split(load_config(None, ["eval.benchmarks=[xquad_r]", "data.heldout_articles=[A,D]",
+                                               "data.dev_articles=[E]"]), record)
+    assert cfg.data.heldout_articles == ["D", "E"] and cfg.data.dev_articles == ["F"]
+    cfg, _ = held_out_split(load_config(None, ["eval.benchmarks=[xquad_r]", "data.heldout_articles=[E]"]), record)
+    assert cfg.data.heldout_articles == ["E"]
+    # The flag keeps the config, and the label names the training articles it scores.
+    cfg, label = held_out_split(defaults, record, on_training_data=True)
+    assert cfg is defaults and label["training_articles_scored"] == ["A", "B", "C"]
+    assert label["split"] == "test, with training articles"
+    # No XQuAD-R evaluated, or no record: nothing to decide.
+    assert held_out_split(load_config(None, ["eval.benchmarks=[tatoeba]"]), record)[1] == {}
+    assert held_out_split(defaults, None) == (defaults, {})
+    with pytest.raises(ConfigError, match="trained on every XQuAD-R article"):
+        held_out_split(defaults, {"run_name": "all", "data": {"train_articles": ["A"], "heldout_articles": []}})
