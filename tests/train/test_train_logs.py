@@ -40,7 +40,9 @@ def test_train_log_has_one_line_per_step_and_ends_with_how_to_load(tiny_model_di
     assert len({re.search(r"step (\d+)/6", x).group(1) for x in steps}) == 6
     assert all(re.search(r"elapsed \d+:\d\d:\d\d ETA \d+:\d\d:\d\d", x) for x in steps), steps
     model_dir = tmp_path / "out" / "logs" / "model"
-    assert lines[-1] == f'load it with: SentenceTransformer("{model_dir.resolve()}")'
+    # It ends with how to load the model, then where its MLflow run is (every command's last line).
+    assert lines[-2] == f'[hbt] load it with: SentenceTransformer("{model_dir.resolve()}")'
+    assert lines[-1] == f"[hbt] MLflow runs: mlflow ui --backend-store-uri sqlite:///{(tmp_path / 'out').resolve()}/mlflow.db"
 
     st = SentenceTransformer(str(model_dir), device="cpu")
     assert st.prompts == {"query": "query: ", "document": "passage: "}
