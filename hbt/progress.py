@@ -9,11 +9,11 @@ import time
 log = logging.getLogger("hbt")
 
 
-def clock(seconds: float) -> str:
-    """``1:02:03`` / ``2:03``: durations as a user reads them."""
+def clock(seconds: float, hours: bool = False) -> str:
+    """``1:02:03`` / ``2:03``: durations as a user reads them (``hours``: ``0:02:03``, for aligned log columns)."""
     s = int(round(max(0.0, seconds)))
     h, rest = divmod(s, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h or hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Progress:

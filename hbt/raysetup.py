@@ -50,7 +50,7 @@ def configure_logging(level: int | str | None = None) -> logging.Logger:
 
 # Lines the libraries print on every run that tell a user nothing they can act on, each with why
 # it is harmless. They are dropped from the driver's log handlers and from the worker lines Ray
-# forwards; `-v` shows them. tests/test_raysetup.py runs real commands against this list.
+# forwards; `-v` shows them. tests/test_cli.py runs real commands and checks their stderr against it.
 LIBRARY_NOISE: tuple[tuple[str, str], ...] = (
     (r"Setting accelerator to CPU", "DeepSpeed finding no GPU where none is meant to be"),
     (r"Token authentication is enabled for this Ray cluster",
@@ -111,7 +111,7 @@ def _forward_worker_lines() -> None:
 
     Ray prints a worker's stdout on the driver's stdout, so any library's print in a worker
     would land in the middle of ``hbt train``'s JSON. ``ray._private`` is pinned with Ray
-    (``ray==2.60.0``); tests/test_raysetup.py fails if these names move.
+    (``ray==2.60.0``); tests/test_cli.py's commands fail if these names move.
     """
     from ray._private.worker import global_worker_stdstream_dispatcher, print_to_stdstream
 

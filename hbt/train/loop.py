@@ -22,6 +22,7 @@ from hbt.distributed import mean_across_workers
 from hbt.model.card import TrainingFacts
 from hbt.model.encoder import load_encoder
 from hbt.model.storage import local_model_dir
+from hbt.progress import clock
 from hbt.raysetup import configure_logging
 from hbt.train.checkpoints import (checkpoint_name, checkpoint_source, download, latest_complete, mark_complete,
                                    step_of)
@@ -292,8 +293,7 @@ class _Meter:
 
 
 def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return clock(seconds, hours=True)
 
 
 class _RunLogClient:
